@@ -1,0 +1,163 @@
+"""Command round trip through the rig vs a bare paho round trip, same broker, same run.
+
+    python bench/bus_latency.py [--n 2000] [--broker amqtt|mosquitto|both]
+
+rig:  orchestrator ``bus.request(relay, "set")`` -> broker -> agent process
+      (``rig agent``: validate, lease check, interlock, switch the GPIO relay,
+      reply, publish its state) -> broker -> reply back to the orchestrator.
+bare: a paho client publishes a QoS 1 message, an echo process's on_message
+      publishes it back (QoS 1), the first client's on_message wakes the
+      waiting thread.  Two broker hops and two processes, as in the rig.
+
+Both clients set TCP_NODELAY (as the rig's Bus does), so the comparison is
+of the rig's own work, not of Nagle's algorithm.  Target (issue 2): the rig
+adds at most 50% to the bare round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import tempfile
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rig.broker import Broker, mosquitto_path  # noqa: E402
+from rig.config import BrokerConfig, load_lab_text  # noqa: E402
+from rig.contract import Node, agent_node  # noqa: E402
+from rig.lab import Lab  # noqa: E402
+
+LAB = """
+lab: {name: latency, clock: {scale: 1}}
+broker: {kind: amqtt, port: 0}
+benches:
+  bench-1:
+    controller: {pin_factory: mock, heartbeat_timeout: 5}
+    relays:
+      mains: {pin: 17, safe_state: "off", min_interval: 0}
+"""
+
+
+def percentiles(samples: list[float]) -> tuple[float, float, float]:
+    s = sorted(samples)
+    q = statistics.quantiles(s, n=100, method="inclusive")
+    return s[len(s) // 2] * 1e3, q[98] * 1e3, statistics.fmean(s) * 1e3
+
+
+def nodelay(client, _userdata, sock) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+ECHO = """
+import socket, sys, threading
+import paho.mqtt.client as mqtt
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bare-echo", protocol=mqtt.MQTTv311)
+c.on_socket_open = lambda cl, u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("bench/ping", qos=1)
+c.on_subscribe = lambda *a: print("ready", flush=True)
+c.on_message = lambda cl, u, m: cl.publish("bench/pong", m.payload, qos=1)
+c.connect(sys.argv[1], int(sys.argv[2]))
+c.loop_forever()
+"""
+
+
+def bare_round_trip(host: str, port: int, n: int, warmup: int) -> list[float]:
+    echo = subprocess.Popen([sys.executable, "-c", ECHO, host, str(port)], stdout=subprocess.PIPE, text=True)
+    assert echo.stdout.readline().strip() == "ready"
+    ping = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bare-ping", protocol=mqtt.MQTTv311)
+    got = threading.Event()
+    subscribed = threading.Event()
+    ping.on_socket_open = nodelay
+    ping.on_message = lambda c, u, m: got.set()
+    ping.on_subscribe = lambda *a: subscribed.set()
+    ping.on_connect = lambda cl, u, f, rc, p: cl.subscribe("bench/pong", qos=1)
+    ping.connect(host, port)
+    ping.loop_start()
+    subscribed.wait(10)
+    payload = b'{"id":"0123456789abcdef0123456789abcdef","args":{"state":"on"}}'
+    samples = []
+    for i in range(n + warmup):
+        got.clear()
+        t0 = time.perf_counter()
+        ping.publish("bench/ping", payload, qos=1)
+        if not got.wait(5):
+            raise RuntimeError("bare echo lost a message")
+        if i >= warmup:
+            samples.append(time.perf_counter() - t0)
+    ping.loop_stop()
+    ping.disconnect()
+    echo.terminate()
+    echo.wait()
+    return samples
+
+
+def rig_round_trip(endpoint, n: int, warmup: int) -> list[float]:
+    lab_cfg = load_lab_text(LAB, "bench-latency.yaml")
+    samples = []
+    with tempfile.TemporaryDirectory() as tmp:
+        lab_file = Path(tmp) / "lab.yaml"
+        lab_file.write_text(LAB)
+        env = dict(os.environ, RIG_BROKER_URL=endpoint.url)
+        agent = subprocess.Popen([sys.executable, "-m", "rig", "agent", "--bench", "bench-1", "--lab", str(lab_file)],
+                                 env=env)
+        lab = Lab.open(lab_cfg, endpoint=endpoint)
+        presence = lab.bus.watch(agent_node("bench-1").presence)
+        if not presence.wait_for(lambda p: p.get("online"), 20):
+            raise RuntimeError("agent did not come online")
+        try:
+            bench = lab.bench("bench-1")
+            node = Node("bench-1", "relay", "mains")
+            for i in range(n + warmup):
+                t0 = time.perf_counter()
+                bench.request(node, "set", {"state": "on" if i % 2 == 0 else "off"})
+                if i >= warmup:
+                    samples.append(time.perf_counter() - t0)
+        finally:
+            lab.close()
+            agent.terminate()
+            agent.wait()
+    return samples
+
+
+def measure(kind: str, n: int, warmup: int) -> None:
+    with Broker.start(BrokerConfig(kind=kind, port=0)) as ep:
+        # interleave the two so that machine noise hits both alike
+        bare, rig = [], []
+        rounds = 4
+        for _ in range(rounds):
+            bare += bare_round_trip(ep.host, ep.port, n // rounds, warmup)
+            rig += rig_round_trip(ep, n // rounds, warmup)
+    b50, b99, bmean = percentiles(bare)
+    r50, r99, rmean = percentiles(rig)
+    print(f"{kind:>9}  bare paho round trip  p50 {b50:6.3f} ms  p99 {b99:6.3f} ms  mean {bmean:6.3f} ms  (n={len(bare)})")
+    print(f"{kind:>9}  rig command round trip p50 {r50:6.3f} ms  p99 {r99:6.3f} ms  mean {rmean:6.3f} ms  (n={len(rig)})")
+    verdict = "within" if r50 <= 1.5 * b50 else "OVER"
+    print(f"{kind:>9}  rig adds {100 * (r50 / b50 - 1):+.0f}% at p50, {100 * (r99 / b99 - 1):+.0f}% at p99 "
+          f"({verdict} the +50% target at p50)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2000, help="round trips per path (default 2000)")
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--broker", choices=["amqtt", "mosquitto", "both"], default="both")
+    args = ap.parse_args()
+    kinds = ["amqtt", "mosquitto"] if args.broker == "both" else [args.broker]
+    for kind in kinds:
+        if kind == "mosquitto" and mosquitto_path() is None:
+            print("mosquitto: not installed, skipped (apt-get install mosquitto)")
+            continue
+        measure(kind, args.n, args.warmup)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,360 @@
+"""The controller agent: the process on a bench's Raspberry Pi (``rig agent``).
+
+It owns the bench's hardware (GPIO relays, E-stop input, and through the
+instrument services the bench's VISA/serial instruments) and is the only
+authority over it:
+
+* every output is put in its safe state at start, at exit, on SIGTERM, on a
+  crash, when the E-stop trips, when an instrument stops answering, and within
+  ``controller.heartbeat_timeout`` wall seconds of the lease holder's last
+  heartbeat (LAB-1);
+* a bench is driven by one lease holder at a time (LAB-3); without a lease
+  only commands *towards* the safe state are accepted;
+* interlocks refuse, with a reason, what would break them (LAB-2).
+
+The heartbeat watchdog counts wall seconds, not lab seconds: it guards real
+outputs against a dead orchestrator, and a dead process does not die faster
+in a simulation.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from . import __version__
+from .broker import Endpoint
+from .bus import Bus, CommandContext, Refused
+from .clock import LabClock
+from .config import BenchConfig, LabConfig
+from .contract import Heartbeat, Node, agent_node
+from .relay import EStop, Relay, pin_factory
+
+log = logging.getLogger(__name__)
+
+
+class Output(Protocol):
+    """Anything the agent must be able to put in its safe state."""
+
+    name: str
+
+    def force_safe(self, reason: str) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class LeaseArgs(BaseModel):
+    holder: str = Field(..., min_length=1, max_length=200)
+
+
+class TokenArgs(BaseModel):
+    token: str
+
+
+class RelayArgs(BaseModel):
+    state: Literal["on", "off"]
+
+
+class ReasonArgs(BaseModel):
+    reason: str = "software E-stop"
+
+
+class Lease:
+    def __init__(self, holder: str, clock: LabClock):
+        self.holder = holder
+        self.token = uuid.uuid4().hex
+        self.since = clock.now()
+        self.last_heartbeat = time.monotonic()
+
+    def info(self) -> dict[str, Any]:
+        return {"holder": self.holder, "since": self.since}
+
+
+class Agent:
+    """A bench controller.  ``Agent(lab, "bench-1", endpoint).run()`` serves
+    until SIGTERM/SIGINT; tests use it as a context manager."""
+
+    def __init__(self, lab: LabConfig, bench: str, endpoint: Endpoint, clock: LabClock | None = None,
+                 factory=None):
+        self.lab = lab
+        self.bench_name = bench
+        self.cfg: BenchConfig = lab.bench(bench)
+        self.clock = clock or LabClock(scale=lab.lab.clock.scale)
+        self.node = agent_node(bench)
+        self.factory = factory if factory is not None else pin_factory(self.cfg.controller.pin_factory)
+        self.heartbeat_timeout = self.cfg.controller.heartbeat_timeout
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self.lease: Lease | None = None
+        self.estop_latched = False
+        self.estop_reason: str | None = None
+        self.safe_events: list[dict[str, Any]] = []
+        self.bus = Bus(endpoint, client_id=f"agent-{bench}-{uuid.uuid4().hex[:6]}", clock=self.clock,
+                       presence=self.node, presence_info={"kind": "agent"})
+        # Outputs exist, in their safe state, before anything can command them.
+        self.relays: dict[str, Relay] = {
+            name: Relay(name, rc, self.clock, self.factory, on_change=self._relay_changed)
+            for name, rc in self.cfg.relays.items()
+        }
+        self.outputs: list[Output] = list(self.relays.values())
+        self.estop: EStop | None = None
+        if self.cfg.controller.estop is not None:
+            self.estop = EStop(self.cfg.controller.estop, self.factory, on_press=self._estop_input)
+        self._watchdog = threading.Thread(target=self._watch_heartbeat, name=f"watchdog:{bench}", daemon=True)
+        self.instruments: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "Agent":
+        """Connect, serve, announce.  If anything fails the agent stops again:
+        every output stays safe and the pins are released."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop("agent failed to start")
+            raise
+
+    def _start(self) -> "Agent":
+        self.bus.connect(announce=False)
+        self.bus.publish_clock()   # every lab has a clock on the bus, even one with no `rig up`
+        self.bus.subscribe(self.node.heartbeat, self._on_heartbeat)
+        s = self.bus.serve
+        # GPIO and the lease table never block: served inline on the network thread
+        s(self.node, "lease.acquire", self._lease_acquire, LeaseArgs, inline=True)
+        s(self.node, "lease.release", self._lease_release, TokenArgs)
+        s(self.node, "estop.trip", self._estop_trip_cmd, ReasonArgs)
+        s(self.node, "estop.reset", self._estop_reset)
+        s(self.node, "safe", self._safe_cmd)
+        s(self.node, "status", lambda _a, _c: self.status(), inline=True)
+        for name in self.relays:
+            s(Node(self.bench_name, "relay", name), "set", self._relay_set, RelayArgs, inline=True)
+        self._start_instruments()
+        for relay in self.relays.values():
+            self._publish_relay(relay)
+        if self.estop is not None and self.estop.is_pressed:
+            self.trip_estop("E-stop input active at start")
+        self._publish_status()
+        self._watchdog.start()
+        self.bus.announce()
+        log.info("agent for %s up: %d relays, %d instruments, pin factory %s", self.bench_name,
+                 len(self.relays), len(self.instruments), self.cfg.controller.pin_factory)
+        return self
+
+    def _start_instruments(self) -> None:
+        """Serve the bench's instruments (instruments/service.py)."""
+        if not self.cfg.instruments:
+            return
+        from instruments.service import serve_instruments
+
+        for name, service in serve_instruments(self).items():
+            self.instruments[name] = service
+            self.outputs.append(service)
+
+    def stop(self, reason: str = "agent exit") -> None:
+        """Every output safe, presence offline, pins released."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self.all_safe(reason)
+        with self._lock:
+            self.lease = None
+        try:
+            self._publish_status()
+        except Exception:  # noqa: BLE001 - stopping must finish
+            pass
+        self.bus.close(reason)
+        for out in self.outputs:
+            try:
+                out.close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing %s", out.name)
+        if self.estop is not None:
+            self.estop.close()
+
+    def __enter__(self) -> "Agent":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop("agent exit" if exc[0] is None else f"agent crash: {exc[0].__name__}")
+
+    def run(self) -> None:
+        """Serve until SIGTERM or SIGINT; always leave every output safe."""
+        def on_signal(signum, _frame):
+            log.warning("agent %s: %s, going safe", self.bench_name, signal.Signals(signum).name)
+            self._stop_requested = signal.Signals(signum).name
+            self._wake.set()
+
+        self._wake = threading.Event()
+        self._stop_requested = ""
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        try:
+            self.start()
+            while not self._wake.wait(0.5):
+                pass
+        finally:
+            self.stop(f"agent exit ({self._stop_requested or 'crash'})")
+
+    # ------------------------------------------------------------------ safety
+    def all_safe(self, reason: str) -> list[str]:
+        """Force every output to its safe state; returns those that changed."""
+        changed = []
+        for out in list(self.outputs):
+            try:
+                if out.force_safe(reason):
+                    changed.append(out.name)
+            except Exception:  # noqa: BLE001 - keep going: the others must still go safe
+                log.exception("%s: could not go safe", out.name)
+        if changed:
+            record = {"reason": reason, "outputs": changed, "ts": self.clock.now()}
+            self.safe_events.append(record)
+            log.warning("bench %s safe (%s): %s", self.bench_name, reason, ", ".join(changed))
+            if self.bus.connected:
+                self.bus.publish_event(self.node, "safe", record)
+        return changed
+
+    def trip_estop(self, reason: str) -> None:
+        with self._lock:
+            self.estop_latched, self.estop_reason = True, reason
+        self.all_safe(f"estop: {reason}")
+        if self.bus.connected:
+            self.bus.publish_event(self.node, "estop", {"reason": reason})
+            self._publish_status()
+
+    def _estop_input(self) -> None:
+        self.trip_estop("E-stop input")
+
+    def _on_heartbeat(self, _topic: str, payload: Any) -> None:
+        try:
+            hb = Heartbeat.model_validate(payload)
+        except Exception:  # noqa: BLE001 - malformed: log and carry on
+            log.warning("malformed heartbeat ignored: %r", payload)
+            return
+        with self._lock:
+            if self.lease is not None and hb.lease == self.lease.token:
+                self.lease.last_heartbeat = time.monotonic()
+
+    def _watch_heartbeat(self) -> None:
+        period = min(0.05, self.heartbeat_timeout / 10)
+        while not self._stop.wait(period):
+            with self._lock:
+                lease = self.lease
+                lost = lease is not None and time.monotonic() - lease.last_heartbeat > self.heartbeat_timeout
+                if lost:
+                    self.lease = None
+            if lost:
+                self.all_safe(f"heartbeat lost from {lease.holder}")
+                self.bus.publish_event(self.node, "lease", {"released": lease.holder, "reason": "heartbeat lost"})
+                self._publish_status()
+
+    # ------------------------------------------------------------------ guards for ops
+    def require_lease(self, ctx: CommandContext) -> None:
+        with self._lock:
+            if self.lease is None:
+                raise Refused(f"bench {self.bench_name} is not leased: lease it first (Lab.bench() does)",
+                              code="not_leased", requirement="LAB-3")
+            if ctx.lease != self.lease.token:
+                raise Refused(f"bench {self.bench_name} is leased by {self.lease.holder}",
+                              code="not_leased", requirement="LAB-3")
+
+    def require_not_estop(self) -> None:
+        if self.estop_latched:
+            raise Refused(f"E-stop latched ({self.estop_reason}); reset it with `rig estop reset {self.bench_name}`",
+                          code="estop", requirement="LAB-2")
+
+    def guard(self, ctx: CommandContext, towards_safe: bool) -> None:
+        """The rule for every output command: towards the safe state is always
+        allowed; anything else needs the lease and no latched E-stop."""
+        if towards_safe:
+            return
+        self.require_not_estop()
+        self.require_lease(ctx)
+
+    # ------------------------------------------------------------------ ops
+    def _lease_acquire(self, args: LeaseArgs, _ctx: CommandContext) -> dict:
+        with self._lock:
+            if self.lease is not None and self.lease.holder != args.holder:
+                raise Refused(f"bench {self.bench_name} is leased by {self.lease.holder} since "
+                              f"{LabClock.iso(self.lease.since)}", requirement="LAB-3")
+            if self.lease is None:
+                self.lease = Lease(args.holder, self.clock)
+            self.lease.last_heartbeat = time.monotonic()
+            token = self.lease.token
+        self.bus.publish_event(self.node, "lease", {"acquired": args.holder})
+        self._publish_status()
+        return {"token": token, "heartbeat_timeout": self.heartbeat_timeout}
+
+    def _lease_release(self, args: TokenArgs, _ctx: CommandContext) -> dict:
+        with self._lock:
+            if self.lease is None or self.lease.token != args.token:
+                return {"released": False}
+            holder, self.lease = self.lease.holder, None
+        self.all_safe(f"lease released by {holder}")
+        self.bus.publish_event(self.node, "lease", {"released": holder, "reason": "released"})
+        self._publish_status()
+        return {"released": True}
+
+    def _estop_trip_cmd(self, args: ReasonArgs, _ctx: CommandContext) -> dict:
+        self.trip_estop(args.reason)
+        return {"latched": True}
+
+    def _estop_reset(self, _args: Any, _ctx: CommandContext) -> dict:
+        if self.estop is not None and self.estop.is_pressed:
+            raise Refused("the E-stop input is still pressed: release it first", code="estop", requirement="LAB-2")
+        with self._lock:
+            self.estop_latched, self.estop_reason = False, None
+        self.bus.publish_event(self.node, "estop", {"reset": True})
+        self._publish_status()
+        return {"latched": False}
+
+    def _safe_cmd(self, _args: Any, ctx: CommandContext) -> dict:
+        return {"changed": self.all_safe(f"safe requested by {ctx.sender}")}
+
+    def _relay_set(self, args: RelayArgs, ctx: CommandContext) -> dict:
+        relay = self.relays[ctx.node.name]
+        on = args.state == "on"
+        self.guard(ctx, towards_safe=(on == relay.safe_on))
+        relay.set(on, reason=f"command from {ctx.sender}")
+        return relay.state()
+
+    # ------------------------------------------------------------------ state
+    def _relay_changed(self, relay: Relay, _reason: str) -> None:
+        # each relay's own retained state says it; the agent's status is
+        # republished only when the lease or the E-stop changes
+        if self.bus.connected:
+            self._publish_relay(relay)
+
+    def _publish_relay(self, relay: Relay) -> None:
+        self.bus.publish_state(Node(self.bench_name, "relay", relay.name), relay.state())
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            lease = self.lease.info() if self.lease else None
+        return {
+            "bench": self.bench_name,
+            "version": __version__,
+            "pin_factory": self.cfg.controller.pin_factory,
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "lease": lease,
+            "estop": {"latched": self.estop_latched, "reason": self.estop_reason,
+                      "input": self.estop.is_pressed if self.estop else None},
+            "relays": sorted(self.relays),
+            "instruments": sorted(self.instruments),
+        }
+
+    def _publish_status(self) -> None:
+        self.bus.publish_state(self.node, self.status())
+
+
+def run_agent(lab: LabConfig, bench: str, endpoint: Endpoint, clock: LabClock,
+              ready: Callable[[Agent], None] | None = None) -> None:
+    agent = Agent(lab, bench, endpoint, clock)
+    if ready is not None:
+        ready(agent)
+    agent.run()

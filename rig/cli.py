@@ -1,0 +1,492 @@
+"""``rig``: the command line of the smart-metering HIL rig.
+
+Every command takes ``--lab PATH`` (default ``lab.yaml``).  Errors are one
+line that says what to do, never a traceback (``RIG_DEBUG=1`` shows them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from . import __version__
+from .broker import BrokerError
+from .bus import BusError, CommandError
+from .config import ConfigError, LabConfig, UnknownPart, load_lab
+from instruments.address import AddressError
+from instruments.errors import InstrumentError
+
+app = typer.Typer(
+    name="rig",
+    help=(
+        "Hardware-in-the-loop rig for GB smart-metering (SMETS2) test labs.\n\n"
+        "Start the default simulated lab with `rig up`, look at it with `rig status`, "
+        "switch a relay with `rig relay bench-1 mains on`, run the nightly suite with `rig run`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err = Console(stderr=True)
+
+LabOpt = typer.Option(Path("lab.yaml"), "--lab", "-l", help="the lab file", envvar="RIG_LAB",
+                      show_default=True)
+
+
+class Exit(Exception):
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def load(path: Path) -> LabConfig:
+    return load_lab(path)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO if os.environ.get("RIG_VERBOSE") else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("amqtt", "transitions", "pyvisa"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# ----------------------------------------------------------------------------- check
+@app.command()
+def check(lab: Path = LabOpt) -> None:
+    """Validate a lab file; print what it describes."""
+    cfg = load(lab)
+    console.print(f"[green]{lab}: valid[/green]  lab '{cfg.lab.name}', clock scale {cfg.lab.clock.scale:g}, "
+                  f"broker {cfg.broker.kind}")
+    for name, bench in cfg.benches.items():
+        console.print(f"  bench [bold]{name}[/bold]: {len(bench.relays)} relays, {len(bench.instruments)} instruments, "
+                      f"{len(bench.devices)} devices, {len(bench.rf_paths)} RF paths, "
+                      f"pin factory {bench.controller.pin_factory}")
+
+
+# ----------------------------------------------------------------------------- up
+@app.command()
+def up(
+    lab: Path = LabOpt,
+    port: Optional[int] = typer.Option(None, help="broker port (default: lab.yaml broker.port; 0: any free port)"),
+    clock_scale: Optional[float] = typer.Option(None, "--clock-scale", help="lab seconds per wall second"),
+    once: bool = typer.Option(False, help="start, print the status once and stop (a smoke test)"),
+    power: bool = typer.Option(False, "--power", help="also lease every bench and switch its mains on while up "
+                               "(a run cannot lease a powered bench until rig up stops)"),
+) -> None:
+    """Start the lab on this machine and stay up: broker, each bench's controller
+    agent and its simulated parts.  Ctrl-C stops everything (outputs safe)."""
+    from .launch import LabUp, lab_is_up
+
+    cfg = load(lab)
+    if port is None and lab_is_up(cfg):
+        raise Exit(f"a broker already listens on {cfg.broker.host}:{cfg.broker.port}: the lab is probably up "
+                   "(`rig status`); stop it first or pass --port")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with console.status("starting broker, agents and simulated parts..."):
+        up_ = LabUp(cfg, port=port, clock_scale=clock_scale, lab_path=str(lab)).start()
+    powered = None
+    try:
+        console.print(f"[green]lab '{cfg.lab.name}' up[/green]: broker {up_.endpoint}, "
+                      f"clock x{up_.clock.scale:g}")
+        for c in up_.describe():
+            console.print(f"  {c['name']:<22} pid {c['pid']:<7} log {c['log']}")
+        console.print(f"other shells: [bold]rig status --lab {lab}[/bold]; Ctrl-C stops the lab")
+        from .lab import Lab, snapshot
+
+        if power:
+            powered = Lab.open(cfg, endpoint=up_.endpoint, holder=f"rig up --power ({os.getpid()})")
+            for bname in cfg.benches:
+                bench_ = powered.bench(bname)
+                bench_.mains.on()
+                if bench_.cfg.wiring.meter:
+                    bench_.esme.wait_state(lambda s_: s_.get("powered"), 60, "meter powered")
+                console.print(f"  {bname}: mains [yellow]on[/yellow], lease held by rig up")
+
+        if once:
+            console.print(render_status(cfg, snapshot(up_.bus)))
+            return
+        with Live(render_status(cfg, snapshot(up_.bus)), console=console, refresh_per_second=2) as live:
+            while not stop.wait(2.0):
+                dead = [c for c in up_.children if c.proc.poll() is not None]
+                if dead:
+                    raise Exit(f"{dead[0].name} stopped (code {dead[0].proc.returncode}):\n{dead[0].tail()}")
+                live.update(render_status(cfg, snapshot(up_.bus, quiet=0.2, limit=1.0)))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with console.status("stopping: every output to its safe state..."):
+            if powered is not None:
+                powered.close()      # releases the leases: mains off
+            up_.stop()
+        console.print("lab stopped")
+
+
+# ----------------------------------------------------------------------------- status
+def _age(presence: dict | None) -> str:
+    if not presence:
+        return "[dim]unknown[/dim]"
+    if not presence.get("online"):
+        return f"[red]offline[/red] ({presence.get('reason', '')})"
+    wall, interval = presence.get("wall"), presence.get("heartbeat_interval") or 1.0
+    if wall is not None and time.time() - wall > 3 * interval + 1:
+        return f"[red]stale[/red] (last heartbeat {time.time() - wall:.0f} s ago)"
+    return "[green]online[/green]"
+
+
+def render_status(cfg: LabConfig, seen: dict[str, Any]) -> Table:
+    """One table per lab: every bench's agent, relays, instruments, devices."""
+    from .contract import ROOT
+
+    table = Table(title=f"lab {cfg.lab.name}", expand=False, show_lines=False)
+    notes: list[str] = []
+    for col in ("bench", "part", "presence", "state", "detail"):
+        table.add_column(col)
+    for bname, bench in cfg.benches.items():
+        def get(kind: str, name: str, channel: str) -> Any:
+            return seen.get(f"{ROOT}/{bname}/{kind}/{name}/{channel}")
+
+        agent = get("agent", "controller", "state") or {}
+        lease = agent.get("lease")
+        estop = (agent.get("estop") or {}).get("latched")
+        table.add_row(bname, "agent", _age(get("agent", "controller", "presence")),
+                      "[red]E-STOP[/red]" if estop else ("leased" if lease else "idle"),
+                      f"lease: {lease['holder']}" if lease else "")
+        if any(k.startswith(f"{ROOT}/{bname}/sim/") for k in seen):
+            table.add_row("", "simulated world", _age(get("sim", "world", "presence")), "", "")
+        for rname in bench.relays:
+            s = get("relay", rname, "state") or {}
+            state = s.get("state", "?")
+            colour = "yellow" if state == "on" else "cyan"
+            table.add_row("", f"relay {rname}", "", f"[{colour}]{state}[/{colour}]",
+                          f"safe: {s.get('safe_state', '?')}; {s.get('reason', '')}")
+        for iname, inst in bench.instruments.items():
+            s = get("instrument", iname, "state") or {}
+            detail = s.get("address") or inst.address
+            table.add_row("", f"{inst.kind} {iname}", _age(get("instrument", iname, "presence")) if
+                          get("instrument", iname, "presence") else "", _short(s.get("summary") or s.get("state")),
+                          str(detail))
+        for dname, dev in bench.devices.items():
+            s = get("device", dname, "state") or {}
+            table.add_row("", f"{dev.kind} {dname}", _age(get("device", dname, "presence")),
+                          _short(s.get("supply") or s.get("summary") or ""), _links(s.get("han")))
+        relay = bench.wiring.mains_relay
+        if relay and (get("relay", relay, "state") or {}).get("state") == "off" and bench.devices:
+            notes.append(f"mains is off on {bname}: its meter and hub are unpowered, so the HAN is down; "
+                         f"`rig mains {bname} on` powers it")
+    if notes:
+        table.caption = "\n".join(notes)
+    return table
+
+
+def _links(han: Any) -> str:
+    """Per band: RSSI and LQI of the link, or that there is none."""
+    if not isinstance(han, dict):
+        return str(han or "")
+    out = []
+    for band, v in han.items():
+        if not isinstance(v, dict) or band == "joined":
+            continue
+        if v.get("rssi") is None or not v.get("up", True):
+            out.append(f"{band}: no link")
+        else:
+            out.append(f"{band}: RSSI {v['rssi']:.0f} dBm, LQI {v.get('lqi', '?')}")
+    return "; ".join(out)
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in list(value.items())[:4])
+    return str(value)
+
+
+@app.command()
+def status(
+    lab: Path = LabOpt,
+    as_json: bool = typer.Option(False, "--json", help="print the retained bus state as JSON"),
+    bench: Optional[str] = typer.Option(None, help="only this bench"),
+) -> None:
+    """Benches, agents, relays, instruments and devices, as the bus reports them."""
+    from .bus import Bus
+    from .lab import endpoint_from_env, snapshot
+    from .broker import endpoint_for
+
+    cfg = load(lab)
+    ep = endpoint_from_env() or endpoint_for(cfg.broker)
+    with Bus(ep, client_id=f"status-{os.getpid()}") as bus:
+        seen = snapshot(bus, bench)
+    if as_json:
+        print(json.dumps(seen, indent=2, sort_keys=True))
+        return
+    console.print(render_status(cfg, seen))
+
+
+# ----------------------------------------------------------------------------- relay, mains, estop
+def hold_lease(clock, hold: Optional[float], what: str) -> None:
+    """Keep this process (its lease and the heartbeat that keeps an output
+    on) alive for ``hold`` lab seconds, or until Ctrl-C/SIGTERM; the caller's
+    ``with Lab.open(...)`` then releases the lease and the bench goes safe."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"{what}: holding the lease " + (f"for {hold:g} lab s" if hold is not None else "until Ctrl-C")
+                  + "; then the bench goes to its safe state")
+    try:
+        if hold is not None:
+            clock.wait_event(stop, hold)
+        else:
+            while not stop.wait(1.0):
+                pass
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def relay(
+    bench: str = typer.Argument(..., help="bench name, e.g. bench-1"),
+    name: str = typer.Argument(..., help="relay name, e.g. mains"),
+    state: str = typer.Argument(..., help="on or off"),
+    lab: Path = LabOpt,
+    hold: Optional[float] = typer.Option(
+        None, help="lab seconds to hold the lease after switching; default: until Ctrl-C"),
+) -> None:
+    """Switch a relay.  Switching *to* its safe state needs no lease and returns at
+    once; switching away from it leases the bench and holds the lease (and the
+    heartbeat that keeps the output on) until --hold passes or Ctrl-C: then the
+    bench goes back to its safe state."""
+    from .lab import Lab
+
+    if state not in ("on", "off"):
+        raise Exit("state must be 'on' or 'off'", 2)
+    cfg = load(lab)
+    rcfg = cfg.bench(bench).relays.get(name)
+    if rcfg is None:
+        raise UnknownPart(f"bench {bench} has no relay '{name}'; relays: {', '.join(cfg.bench(bench).relays) or 'none'}")
+    with Lab.open(cfg) as lab_:
+        if state == rcfg.safe_state:
+            b = lab_.bench(bench, lease=False)
+            b.relay(name).set(state == "on")
+            console.print(f"{bench}/{name}: [cyan]{state}[/cyan] (its safe state)")
+            return
+        b = lab_.bench(bench)
+        b.relay(name).set(state == "on")
+        console.print(f"{bench}/{name}: [yellow]{state}[/yellow], confirmed by the agent")
+        hold_lease(lab_.clock, hold, f"{bench}/{name} {state}")
+    console.print(f"lease released: {bench} is in its safe state")
+
+
+@app.command()
+def mains(
+    bench: str = typer.Argument(..., help="bench name, e.g. bench-1"),
+    state: str = typer.Argument(..., help="on or off"),
+    lab: Path = LabOpt,
+    hold: Optional[float] = typer.Option(None, help="lab seconds to keep mains on; default: until Ctrl-C"),
+) -> None:
+    """Power a bench: AC source output on, then the mains relay closed (as the wiring
+    in lab.yaml says); `off` opens the relay.  `on` holds the bench lease until --hold
+    passes or Ctrl-C, then the bench goes back to its safe state (mains off)."""
+    from .lab import Lab
+
+    if state not in ("on", "off"):
+        raise Exit("state must be 'on' or 'off'", 2)
+    with Lab.open(load(lab)) as lab_:
+        if state == "off":
+            b = lab_.bench(bench, lease=False)
+            if b.mains.relay is not None:
+                b.mains.relay.off()
+            console.print(f"{bench}: mains [cyan]off[/cyan] (its safe state)")
+            return
+        b = lab_.bench(bench)
+        b.mains.on()
+        console.print(f"{bench}: mains [yellow]on[/yellow] (supply and relay confirmed by the agent)")
+        hold_lease(lab_.clock, hold, f"{bench} mains on")
+    console.print(f"lease released: {bench} is in its safe state")
+
+
+@app.command()
+def estop(
+    bench: str = typer.Argument(..., help="bench name"),
+    action: str = typer.Argument("trip", help="trip (latch the E-stop: every output safe) or reset"),
+    lab: Path = LabOpt,
+) -> None:
+    """Trip or reset a bench's software E-stop (the GPIO input trips it too)."""
+    from .lab import Lab
+
+    with Lab.open(load(lab)) as lab_:
+        b = lab_.bench(bench, lease=False)
+        if action == "trip":
+            b.estop("rig estop (command line)")
+            console.print(f"[red]{bench}: E-stop latched[/red]; every output is safe. `rig estop {bench} reset` to clear")
+        elif action == "reset":
+            b.reset_estop()
+            console.print(f"{bench}: E-stop reset (outputs stay safe until commanded)")
+        else:
+            raise Exit("action must be trip or reset", 2)
+
+
+# ----------------------------------------------------------------------------- agent, sim
+def _child_endpoint(cfg: LabConfig, broker: Optional[str]):
+    from .broker import endpoint_for
+    from .lab import endpoint_from_env
+
+    if broker:
+        os.environ["RIG_BROKER_URL"] = broker
+    return endpoint_from_env() or endpoint_for(cfg.broker)
+
+
+@app.command()
+def agent(
+    bench: str = typer.Option(..., "--bench", "-b", help="the bench this controller drives"),
+    lab: Path = LabOpt,
+    broker: Optional[str] = typer.Option(None, help="mqtt://host:port (default: lab.yaml broker)"),
+    verbose: bool = typer.Option(False, "-v"),
+) -> None:
+    """Run a bench's controller agent (on the bench's Raspberry Pi; `rig up` starts
+    one per bench).  Outputs go safe at start, exit, SIGTERM and lost heartbeat."""
+    from .agent import Agent
+    from .clock import LabClock
+    from .launch import die_with_parent
+
+    die_with_parent()
+    setup_logging(verbose)
+    cfg = load(lab)
+    cfg.bench(bench)
+    Agent(cfg, bench, _child_endpoint(cfg, broker), LabClock.from_env(cfg.lab.clock.scale)).run()
+
+
+@app.command()
+def sim(
+    bench: str = typer.Option(..., "--bench", "-b", help="the bench whose simulated parts to serve"),
+    lab: Path = LabOpt,
+    broker: Optional[str] = typer.Option(None, help="mqtt://host:port (default: lab.yaml broker)"),
+    verbose: bool = typer.Option(False, "-v"),
+) -> None:
+    """Serve a bench's simulated parts: physics, instruments, device twins, HAN
+    (`rig up` starts it for benches with simulated parts)."""
+    from .clock import LabClock
+    from .launch import die_with_parent
+    from .sim.world import World
+
+    die_with_parent()
+    setup_logging(verbose)
+    cfg = load(lab)
+    cfg.bench(bench)
+    World(cfg, bench, _child_endpoint(cfg, broker), LabClock.from_env(cfg.lab.clock.scale)).run()
+
+
+# ----------------------------------------------------------------------------- run
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    lab: Path = LabOpt,
+    suite: Optional[str] = typer.Option(None, help="comma-separated suites (default: all)"),
+    k: Optional[str] = typer.Option(None, "-k", help="pytest -k expression"),
+    bench: Optional[str] = typer.Option(None, help="the bench to run on (default: the first)"),
+    clock_scale: Optional[float] = typer.Option(None, "--clock-scale", help="override lab.yaml's clock scale"),
+    results: Optional[Path] = typer.Option(None, help="results directory (default: lab.yaml results.dir)"),
+) -> None:
+    """Run the nightly suite on the lab (bringing a simulated lab up if it is not
+    up), write a run folder and exit non-zero on any failure.  Extra arguments
+    go to pytest."""
+    from .runner import run_suites
+
+    cfg = load(lab)
+    code = run_suites(cfg, lab_path=lab, suites=suite, keyword=k, bench=bench, clock_scale=clock_scale,
+                      results_dir=results, extra=list(ctx.args), console=console)
+    raise typer.Exit(code)
+
+
+@app.command()
+def selftest(
+    lab: Path = LabOpt,
+    bench: Optional[str] = typer.Option(None, help="the bench to run on (default: the first)"),
+    trials: int = typer.Option(2, help="suites.safety.trials during the self-test"),
+    fault: Optional[str] = typer.Option(None, help="only this fault profile (and the healthy run)"),
+    results: Optional[Path] = typer.Option(None, help="results directory (default: lab.yaml results.dir)"),
+    jobs: int = typer.Option(1, help="labs run at once (each is a broker, an agent, a simulated bench and pytest); "
+                             "more is faster, but at clock scale 60 a loaded machine's jitter is lab seconds"),
+) -> None:
+    """Show that every safety and outage check fails against the device fault that breaks it.
+
+    Runs each check on the healthy lab (it must pass), then brings the lab up with
+    each fault profile its checks name (detects) and runs them (each must fail).
+    Writes a sealed run folder; exits non-zero if any check cannot be shown to fail."""
+    from .selftest import run_selftest
+
+    load(lab)
+    code = run_selftest(lab, bench=bench, trials=trials, only_fault=fault, results_dir=results, console=console,
+                        jobs=jobs)
+    raise typer.Exit(code)
+
+
+# --- sub-apps: one add_typer line each -------------------------------------------
+from .cli_instrument import instrument_app; app.add_typer(instrument_app, name="instrument")  # noqa: E402,E702
+from .cli_evidence import evidence_app, history, report, verify  # noqa: E402  (rig.evidence)
+app.add_typer(evidence_app, name="evidence")
+app.command("verify")(verify)
+app.command("history")(history)
+app.command("report")(report)
+
+
+@app.command()
+def version() -> None:
+    """Print the rig's version."""
+    console.print(f"rig {__version__}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = app(args=argv, standalone_mode=False)
+        # standalone_mode=False returns a command's typer.Exit code instead of raising it
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except SystemExit:
+        raise
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exit as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.code)
+    except (BusError, BrokerError, InstrumentError, AddressError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(3)
+    except CommandError as exc:
+        err.print(f"[red]refused:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(4)
+    except UnknownPart as exc:
+        err.print(f"[red]error:[/red] {exc.args[0] if exc.args else exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("RIG_DEBUG"):
+            raise
+        from .launch import LaunchError
+
+        if isinstance(exc, LaunchError):
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(3)
+        # click's exceptions (bundled inside typer since 0.20): usage errors, abort
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, typer.Abort):
+            sys.exit(130)
+        err.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (RIG_DEBUG=1 for the traceback)",
+                  highlight=False, soft_wrap=True)
+        sys.exit(1)

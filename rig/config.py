@@ -1,0 +1,579 @@
+"""The lab model: what ``lab.yaml`` may say, validated.
+
+A lab has one broker and one or more benches.  A bench has one controller
+(the Raspberry Pi running ``rig agent``), its GPIO relays, its bench
+instruments (VISA/serial), the devices under test, the RF paths between them
+and the wiring that says which relay feeds which meter.
+
+Each part names its *backend* here and nowhere else: ``pin_factory: mock`` or
+``lgpio``; an instrument ``address`` of ``sim`` or a VISA resource such as
+``TCPIP::10.0.0.5::5025::SOCKET``; a device ``backend`` of ``sim`` or an
+adapter such as ``zigpy``.
+
+Invalid input fails with ``file:line: key: message`` (see :func:`load_lab`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, ValidationInfo
+
+from . import yamlpos
+
+BANDS = ("2.4GHz", "868MHz")
+
+
+class ConfigError(Exception):
+    """A lab.yaml problem, already phrased as ``file:line: key: message``."""
+
+    def __init__(self, file: str, line: int, key: str, message: str):
+        self.file, self.line, self.key, self.message = file, line, key, message
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+class UnknownPart(KeyError):
+    """A bench, relay, instrument or device name that the lab file lacks."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown part"
+
+
+class Strict(BaseModel):
+    """Base for every lab.yaml section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, populate_by_name=True)
+
+
+_SECRET_KEYS = {"password", "passwd", "secret", "token", "username", "user", "key_password"}
+
+
+def _inline_secrets(data: Any, path: tuple = ()) -> list[tuple[tuple, str]]:
+    """Keys anywhere in the file that would hold a credential inline."""
+    found: list[tuple[tuple, str]] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if str(key).lower() in _SECRET_KEYS:
+                env = "username_env" if "user" in str(key).lower() else "password_env"
+                found.append((path + (key,), (
+                    "inline credentials are not allowed in lab.yaml: put the value in an environment "
+                    f"variable and name the variable with '{env}'"
+                )))
+            else:
+                found += _inline_secrets(value, path + (key,))
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            found += _inline_secrets(item, path + (i,))
+    return found
+
+
+# --------------------------------------------------------------------------- lab-wide
+class TlsConfig(Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = Field(False, description="skip hostname check (lab bring-up only)")
+
+
+class BrokerConfig(Strict):
+    """Where the lab's MQTT broker is.
+
+    ``auto`` starts mosquitto when it is on PATH and otherwise the embedded
+    pure-Python amqtt (MQTT 3.1.1); ``external`` connects to ``url``.
+    """
+
+    kind: Literal["auto", "amqtt", "mosquitto", "external"] = "auto"
+    host: str = "127.0.0.1"
+    port: int = Field(18830, ge=0, le=65535, description="0 picks a free port")
+    url: str | None = None
+    tls: TlsConfig | None = None
+    username_env: str | None = None
+    password_env: str | None = None
+    keepalive: int = Field(10, ge=2, le=600)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.match(r"^mqtts?://[^/:@]+(:\d+)?/?$", v):
+            if "@" in v:
+                raise ValueError("credentials in the URL are not allowed: use username_env/password_env")
+            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
+        return v
+
+    @model_validator(mode="after")
+    def _external_needs_url(self) -> "BrokerConfig":
+        if self.kind == "external" and not self.url:
+            raise ValueError("kind 'external' needs a url (mqtt://host:port or mqtts://host:port)")
+        return self
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """(username, password) from the environment variables named here."""
+        user = os.environ.get(self.username_env) if self.username_env else None
+        pw = os.environ.get(self.password_env) if self.password_env else None
+        return user, pw
+
+
+class ClockConfig(Strict):
+    scale: float = Field(1.0, gt=0, description="lab seconds per wall second; 1 on real hardware")
+
+
+class ResultsConfig(Strict):
+    dir: Path = Path("runs")
+    store: str = Field("sqlite:///runs/history.sqlite", description="sqlite:///path or postgresql://...")
+
+
+# --------------------------------------------------------------------------- controller
+PinId = Union[int, str]
+
+
+def normalise_pin(pin: PinId) -> str:
+    """One spelling per BCM pin, for duplicate checks: 17, 'GPIO17', 'BCM17' -> 'BCM17'."""
+    if isinstance(pin, int):
+        return f"BCM{pin}"
+    m = re.fullmatch(r"(?:GPIO|BCM)?(\d+)", str(pin).strip(), flags=re.I)
+    return f"BCM{int(m.group(1))}" if m else str(pin).strip().upper()
+
+
+class EStopConfig(Strict):
+    """A GPIO input that forces every output safe and latches until reset."""
+
+    pin: PinId
+    pull_up: bool | None = Field(True, description="null when an external resistor pulls the input")
+    active_state: bool | None = Field(None, description="set only when pull_up is null (external pull resistor)")
+    bounce_time: float | None = Field(0.01, ge=0)
+
+
+class ControllerConfig(Strict):
+    host: str = "localhost"
+    pin_factory: Literal["mock", "lgpio", "rpigpio", "pigpio", "native"] = "mock"
+    heartbeat_timeout: float = Field(
+        2.0, gt=0, le=60,
+        description="wall seconds without the lease holder's heartbeat before every output goes safe",
+    )
+    estop: EStopConfig | None = None
+
+
+class RelayConfig(Strict):
+    pin: PinId
+    active_high: bool = True
+    safe_state: Literal["on", "off"] = Field(
+        ..., description="the state every exit, crash and lost heartbeat puts this relay in",
+    )
+    min_interval: float = Field(1.0, ge=0, description="lab seconds between two switchings")
+    description: str = ""
+
+    @field_validator("safe_state", mode="before")
+    @classmethod
+    def _yaml_bools(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as False and `on` as True
+        if v is True:
+            return "on"
+        if v is False:
+            return "off"
+        return v
+
+
+# --------------------------------------------------------------------------- instruments
+class InstrumentLimits(Strict):
+    """Ratings and interlock limits; a setpoint outside them is refused."""
+
+    voltage_max: float | None = Field(None, gt=0)
+    frequency_min: float | None = Field(None, gt=0)
+    frequency_max: float | None = Field(None, gt=0)
+    current_max: float | None = Field(None, gt=0)
+    power_max: float | None = Field(None, gt=0)
+    attenuation_min: float | None = Field(None, ge=0)
+    attenuation_max: float | None = Field(None, ge=0)
+    step_max: float | None = Field(None, gt=0, description="largest single attenuation step, dB")
+
+
+class InstrumentConfig(Strict):
+    kind: Literal["ac_source", "load_bank", "power_analyser", "attenuator", "optical_probe"]
+    driver: str
+    address: str = Field(
+        ..., description="'sim' for a simulated instrument on 127.0.0.1, else a VISA resource or serial URL",
+    )
+    timeout: float = Field(2.0, gt=0, description="I/O timeout, wall seconds")
+    limits: InstrumentLimits = Field(default_factory=InstrumentLimits)
+    requires_supply: bool = Field(
+        True, description="load bank only: refuse to switch on while the AC source output is off",
+    )
+
+    @property
+    def simulated(self) -> bool:
+        return self.address == "sim"
+
+    @field_validator("driver")
+    @classmethod
+    def _known_driver(cls, driver: str, info: ValidationInfo) -> str:
+        from instruments import DRIVERS  # registry of names only; no I/O imports
+
+        kind = info.data.get("kind")
+        known = sorted(name for name, (k, _target) in DRIVERS.items() if k == kind)
+        if driver not in known:
+            raise ValueError(f"unknown driver '{driver}' for kind {kind}; known: {', '.join(known) or 'none'}")
+        return driver
+
+
+# --------------------------------------------------------------------------- devices
+class HanLink(Strict):
+    band: Literal["2.4GHz", "868MHz", "dual"] = "2.4GHz"
+
+
+class EsmeSettings(Strict):
+    outage_alert_period: float = Field(180.0, gt=0, description="OUT-2: lab seconds before an outage alert")
+    hold_time: float = Field(2.0, gt=0, description="SUP-7: seconds the enable button must be held")
+    remote_enable: Literal["never", "when_not_armed"] = Field(
+        "when_not_armed",
+        description="lab policy: may a remote command enable a disabled (not armed) supply; never when armed (SUP-2)",
+    )
+    ppmid_command_ttl: float = Field(30.0, gt=0, description="property 4: a PPMID press older than this is stale")
+    paired_ppmid: str | None = Field(None, description="device name of the PPMID paired with this meter")
+    credit: float = Field(20.0, description="initial prepayment credit, GBP")
+    emergency_credit: float = Field(5.0, ge=0, description="emergency credit made available, GBP")
+    low_credit_threshold: float = Field(2.0, ge=0)
+    tariff: float = Field(0.25, gt=0, description="GBP per kWh")
+    load_limit_kw: float | None = Field(None, gt=0, description="SUP-9 power threshold; null: no limit")
+    load_limit_period: float = Field(30.0, gt=0, description="seconds above the threshold before the contactor opens")
+    voltage_nominal: float = 230.0
+    voltage_sag_threshold: float = Field(207.0, gt=0, description="OUT-6: RMS voltage below this is a sag")
+    voltage_swell_threshold: float = Field(253.0, gt=0, description="OUT-6: RMS voltage above this is a swell")
+    premises_id: str = Field("MPAN-1000000000001", description="SUP-10: commands for another premises are refused")
+
+
+class HubSettings(Strict):
+    reserve_seconds: float = Field(120.0, ge=0, description="OUT-5: hub runs this long on its reserve after mains loss")
+    gas_mirror_period: float = Field(1800.0, gt=0, description="HAN-7: gas mirror sync period, lab seconds")
+
+
+class GsmeSettings(Strict):
+    battery_mah: float = Field(19000.0, gt=0)
+
+
+class PpmidSettings(Strict):
+    paired_meter: str | None = Field(None, description="device name of the ESME this PPMID is paired with")
+
+
+class IhdSettings(Strict):
+    refresh_period: float = Field(10.0, gt=0)
+
+
+class _DeviceBase(Strict):
+    id: str = Field(..., description="the device's EUI-64, e.g. 00:0d:6f:00:00:00:00:01")
+    backend: str = Field("sim", description="'sim' for a simulated twin, or an adapter: zigpy, optical")
+    adapter: dict[str, Any] = Field(default_factory=dict, description="adapter options (radio path, baud ...)")
+    firmware: str | None = None
+    faults: list[str] = Field(default_factory=list, description="fault profiles (simulated devices only)")
+    han: HanLink = Field(default_factory=HanLink)
+
+    @field_validator("id")
+    @classmethod
+    def _eui64(cls, v: str) -> str:
+        if not re.fullmatch(r"([0-9A-Fa-f]{2}[:-]){7}[0-9A-Fa-f]{2}", v):
+            raise ValueError("expected an EUI-64 such as 00:0d:6f:00:00:00:00:01")
+        return v.lower().replace("-", ":")
+
+
+class EsmeConfig(_DeviceBase):
+    kind: Literal["esme"]
+    settings: EsmeSettings = Field(default_factory=EsmeSettings)
+
+
+class GsmeConfig(_DeviceBase):
+    kind: Literal["gsme"]
+    settings: GsmeSettings = Field(default_factory=GsmeSettings)
+
+
+class HubConfig(_DeviceBase):
+    kind: Literal["comms_hub"]
+    settings: HubSettings = Field(default_factory=HubSettings)
+
+
+class PpmidConfig(_DeviceBase):
+    kind: Literal["ppmid"]
+    settings: PpmidSettings = Field(default_factory=PpmidSettings)
+
+
+class IhdConfig(_DeviceBase):
+    kind: Literal["ihd"]
+    settings: IhdSettings = Field(default_factory=IhdSettings)
+
+
+DeviceConfig = Annotated[
+    Union[EsmeConfig, GsmeConfig, HubConfig, PpmidConfig, IhdConfig], Field(discriminator="kind"),
+]
+
+
+# --------------------------------------------------------------------------- RF and wiring
+class Premises(Strict):
+    """The radio path a bench's RF path stands for (multi-wall indoor model)."""
+
+    distance_m: float = Field(8.0, gt=0)
+    walls: int = Field(1, ge=0)
+    floors: int = Field(0, ge=0)
+    metal_cabinet: bool = False
+
+
+class RfPath(Strict):
+    between: tuple[str, str] = Field(..., description="the two devices this path joins")
+    attenuator: str | None = Field(None, description="the attenuator instrument in the path")
+    band: Literal["2.4GHz", "868MHz"] = "2.4GHz"
+    premises: Premises = Field(default_factory=Premises)
+
+
+class Wiring(Strict):
+    """Which parts of the bench are connected, for the physical bench model.
+
+    Mains flows supply -> mains_relay -> line side of ``meter`` (and the hub's
+    unmetered feed); the meter's contactor feeds the load side, where the
+    ``load`` draws and the ``analyser`` measures.
+    """
+
+    supply: str | None = Field(None, description="AC source instrument feeding the bench (null: the grid)")
+    mains_relay: str | None = Field(None, description="relay between the supply and the premises")
+    meter: str | None = Field(None, description="the ESME whose contactor feeds the load side")
+    load: str | None = None
+    analyser: str | None = None
+    hub_feed: Literal["unmetered", "separate"] = Field("unmetered", description="OUT-5: hub fed before the meter")
+
+
+# --------------------------------------------------------------------------- HAN and suites
+class BandModel(Strict):
+    frequency_mhz: float = Field(..., gt=0)
+    data_rate_kbps: float = Field(..., gt=0)
+    tx_power_dbm: float
+    sensitivity_dbm: float
+    distance_exponent: float = Field(..., gt=0, description="ITU-R P.1238 distance power loss coefficient N")
+    wall_loss_db: float = Field(..., ge=0)
+    floor_loss_db: float = Field(..., ge=0)
+    metal_cabinet_loss_db: float = Field(..., ge=0)
+    shadow_sigma_db: float = Field(..., ge=0, description="log-normal shadowing, dB")
+
+
+def _default_bands() -> dict[str, BandModel]:
+    return {
+        "2.4GHz": BandModel(
+            frequency_mhz=2440, data_rate_kbps=250, tx_power_dbm=8, sensitivity_dbm=-100,
+            distance_exponent=30, wall_loss_db=7, floor_loss_db=15, metal_cabinet_loss_db=20,
+            shadow_sigma_db=8,
+        ),
+        "868MHz": BandModel(
+            frequency_mhz=868, data_rate_kbps=100, tx_power_dbm=14, sensitivity_dbm=-110,
+            distance_exponent=28, wall_loss_db=3.5, floor_loss_db=9, metal_cabinet_loss_db=12,
+            shadow_sigma_db=6,
+        ),
+    }
+
+
+class HanConfig(Strict):
+    bands: dict[Literal["2.4GHz", "868MHz"], BandModel] = Field(default_factory=_default_bands)
+    max_retries: int = Field(3, ge=0)
+    seed: int = Field(1, description="random seed of the simulated medium, for repeatable runs")
+
+
+class OutageSuite(Strict):
+    alert_tolerance: float = Field(10.0, ge=0, description="lab seconds allowed after the alert period")
+    sweep: list[float] = Field(default_factory=lambda: [150.0, 170.0, 175.0, 178.0, 182.0, 185.0, 190.0, 210.0])
+    flickers: int = Field(5, ge=1)
+    flicker_seconds: float = Field(2.0, gt=0, description="OUT-1: length of each flicker (an AC source dip to 0 V)")
+    log_tolerance: float = Field(
+        2.0, ge=0, description="OUT-1: lab seconds a meter's logged loss/restoration time may differ from the rig's")
+    delivery_min: float = Field(
+        1.0, ge=0, le=1, description="OUT-7: least share of the expected alerts that must reach the DCC")
+
+
+class SafetySuite(Strict):
+    trials: int = Field(10, ge=1, description="repeats of each safety trial; hundreds for a safety run")
+    link_trials: int = Field(3, ge=1, description="repeats of the trials that take the HAN link down or to its "
+                             "edge (each waits out the PPMID command's freshness window)")
+    enable_latency_bound: float = Field(5.0, gt=0, description="property 2: lab seconds from local action to load live")
+
+
+class PropagationSuite(Strict):
+    step_db: float = Field(2.0, gt=0)
+    frames_per_step: int = Field(50, ge=1)
+    property_library: str = Field("builtin", description="'builtin' or a path to a property-types YAML")
+
+
+class SuitesConfig(Strict):
+    outage: OutageSuite = Field(default_factory=OutageSuite)
+    safety: SafetySuite = Field(default_factory=SafetySuite)
+    propagation: PropagationSuite = Field(default_factory=PropagationSuite)
+
+
+# --------------------------------------------------------------------------- bench and lab
+class BenchConfig(Strict):
+    description: str = ""
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    relays: dict[str, RelayConfig] = Field(default_factory=dict)
+    instruments: dict[str, InstrumentConfig] = Field(default_factory=dict)
+    devices: dict[str, DeviceConfig] = Field(default_factory=dict)
+    rf_paths: dict[str, RfPath] = Field(default_factory=dict)
+    wiring: Wiring = Field(default_factory=Wiring)
+
+    def device_of_kind(self, kind: str) -> str | None:
+        return next((name for name, d in self.devices.items() if d.kind == kind), None)
+
+
+class LabInfo(Strict):
+    name: str = "lab"
+    clock: ClockConfig = Field(default_factory=ClockConfig)
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
+
+
+class LabConfig(Strict):
+    lab: LabInfo = Field(default_factory=LabInfo)
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    han: HanConfig = Field(default_factory=HanConfig)
+    suites: SuitesConfig = Field(default_factory=SuitesConfig)
+    benches: dict[str, BenchConfig] = Field(..., min_length=1)
+
+    # set by load_lab: where this came from (for messages and the run record)
+    source: str = Field("<memory>", exclude=True)
+
+    def bench(self, name: str) -> BenchConfig:
+        try:
+            return self.benches[name]
+        except KeyError:
+            raise UnknownPart(f"no bench '{name}' in {self.source}; benches: {', '.join(self.benches)}") from None
+
+
+# --------------------------------------------------------------------------- cross checks
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def _cross_check(lab: LabConfig) -> list[tuple[tuple, str]]:
+    """Checks that span sections; each problem as (key path, message)."""
+    problems: list[tuple[tuple, str]] = []
+    for bname, bench in lab.benches.items():
+        base = ("benches", bname)
+        if not _NAME.match(bname):
+            problems.append((base, "bench names are letters, digits, '-' and '_' (they become MQTT topic levels)"))
+        for section in ("relays", "instruments", "devices", "rf_paths"):
+            for name in getattr(bench, section):
+                if not _NAME.match(str(name)):
+                    problems.append((base + (section, name), "names are letters, digits, '-' and '_'"))
+        # one GPIO pin, one use
+        seen: dict[str, tuple] = {}
+        uses = [((("relays", n, "pin")), r.pin) for n, r in bench.relays.items()]
+        if bench.controller.estop is not None:
+            uses.append((("controller", "estop", "pin"), bench.controller.estop.pin))
+        for path, pin in uses:
+            key = normalise_pin(pin)
+            if key in seen:
+                problems.append((base + path, f"GPIO pin {pin} is already used by {yamlpos.dotted(seen[key])}"))
+            else:
+                seen[key] = path
+        ids: dict[str, str] = {}
+        for dname, dev in bench.devices.items():
+            if dev.id in ids:
+                problems.append((base + ("devices", dname, "id"), f"device id {dev.id} is already used by {ids[dev.id]}"))
+            ids[dev.id] = dname
+            if dev.backend != "sim" and dev.faults:
+                problems.append((base + ("devices", dname, "faults"), "fault profiles apply to simulated devices only"))
+            if dev.backend == "sim":
+                from rig.faults import known_faults  # names only
+
+                for i, fault in enumerate(dev.faults):
+                    known = known_faults(dev.kind)
+                    if fault not in known:
+                        problems.append((
+                            base + ("devices", dname, "faults", i),
+                            f"unknown fault profile '{fault}' for {dev.kind}; known: {', '.join(sorted(known)) or 'none'}",
+                        ))
+        for dname, dev in bench.devices.items():
+            s = dev.settings
+            ref = getattr(s, "paired_ppmid", None) or getattr(s, "paired_meter", None)
+            if ref is not None and ref not in bench.devices:
+                key = "paired_ppmid" if hasattr(s, "paired_ppmid") else "paired_meter"
+                problems.append((base + ("devices", dname, "settings", key), f"unknown device '{ref}'"))
+        for pname, path in bench.rf_paths.items():
+            for i, dname in enumerate(path.between):
+                if dname not in bench.devices:
+                    problems.append((
+                        base + ("rf_paths", pname, "between", i),
+                        f"unknown device '{dname}'; devices on {bname}: {', '.join(bench.devices) or 'none'}",
+                    ))
+            if path.between[0] == path.between[1]:
+                problems.append((base + ("rf_paths", pname, "between"), "a path joins two different devices"))
+            if path.attenuator is not None:
+                inst = bench.instruments.get(path.attenuator)
+                if inst is None:
+                    problems.append((base + ("rf_paths", pname, "attenuator"), f"unknown instrument '{path.attenuator}'"))
+                elif inst.kind != "attenuator":
+                    problems.append((base + ("rf_paths", pname, "attenuator"), f"'{path.attenuator}' is a {inst.kind}, not an attenuator"))
+        w = bench.wiring
+        for key, table, kind in (
+            ("supply", bench.instruments, "ac_source"),
+            ("mains_relay", bench.relays, None),
+            ("meter", bench.devices, "esme"),
+            ("load", bench.instruments, "load_bank"),
+            ("analyser", bench.instruments, "power_analyser"),
+        ):
+            name = getattr(w, key)
+            if name is None:
+                continue
+            if name not in table:
+                problems.append((base + ("wiring", key), f"unknown {'relay' if table is bench.relays else 'part'} '{name}'"))
+            elif kind is not None and getattr(table[name], "kind", None) != kind:
+                problems.append((base + ("wiring", key), f"'{name}' is a {table[name].kind}, expected a {kind}"))
+    bands = lab.han.bands
+    for missing in set(BANDS) - set(bands):
+        problems.append((("han", "bands"), f"band {missing} is not described"))
+    return problems
+
+
+# --------------------------------------------------------------------------- loading
+def _message(err: dict) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see docs/lab-yaml.md)"
+    if kind == "missing":
+        return "required key is missing"
+    msg = err.get("msg", "invalid")
+    return msg.removeprefix("Value error, ")
+
+
+def load_lab(path: str | Path) -> LabConfig:
+    """Load and validate a lab file; raise :class:`ConfigError` on the first problem."""
+    try:
+        located = yamlpos.load(path)
+    except yamlpos.YamlError as exc:
+        raise ConfigError(exc.file, exc.line, exc.key, exc.message) from None
+    return validate_lab(located)
+
+
+def load_lab_text(text: str, file: str = "<string>") -> LabConfig:
+    try:
+        located = yamlpos.loads(text, file)
+    except yamlpos.YamlError as exc:
+        raise ConfigError(exc.file, exc.line, exc.key, exc.message) from None
+    return validate_lab(located)
+
+
+def validate_lab(located: yamlpos.Located) -> LabConfig:
+    data = located.data
+    if not isinstance(data, dict):
+        raise ConfigError(located.file, 1, "", "a lab file is a mapping with at least 'benches'")
+    secrets = _inline_secrets(data)
+    if secrets:
+        path, message = secrets[0]
+        raise ConfigError(located.file, located.line_of(path), yamlpos.dotted(path), message)
+    try:
+        lab = LabConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        path = located.resolve(tuple(err["loc"]))
+        raise ConfigError(located.file, located.line_of(path), yamlpos.dotted(path), _message(err)) from None
+    problems = _cross_check(lab)
+    if problems:
+        path, message = problems[0]
+        raise ConfigError(located.file, located.line_of(path), yamlpos.dotted(path), message)
+    lab.source = located.file
+    return lab

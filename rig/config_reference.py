@@ -1,0 +1,105 @@
+"""Render docs/lab-yaml.md (every key of lab.yaml) from the models in
+rig/config.py, so the reference cannot fall behind the code.
+
+    python -m rig.config_reference > docs/lab-yaml.md
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from . import config as c
+
+SECTIONS: list[tuple[str, type[BaseModel], str]] = [
+    ("lab", c.LabInfo, "the lab's name, clock and results store"),
+    ("lab.clock", c.ClockConfig, ""),
+    ("lab.results", c.ResultsConfig, ""),
+    ("broker", c.BrokerConfig, "where the lab's MQTT broker is"),
+    ("broker.tls", c.TlsConfig, ""),
+    ("benches.NAME", c.BenchConfig, "one bench; NAME becomes an MQTT topic level"),
+    ("benches.NAME.controller", c.ControllerConfig, "the bench's Raspberry Pi (`rig agent`)"),
+    ("benches.NAME.controller.estop", c.EStopConfig, ""),
+    ("benches.NAME.relays.NAME", c.RelayConfig, "a GPIO relay"),
+    ("benches.NAME.instruments.NAME", c.InstrumentConfig, "a bench instrument (see docs/instruments.md)"),
+    ("benches.NAME.instruments.NAME.limits", c.InstrumentLimits, ""),
+    ("benches.NAME.devices.NAME (every kind)", c._DeviceBase, "a device under test (see docs/devices.md)"),
+    ("benches.NAME.devices.NAME.han", c.HanLink, ""),
+    ("devices, kind: esme: settings", c.EsmeSettings, "the electricity meter"),
+    ("devices, kind: comms_hub: settings", c.HubSettings, ""),
+    ("devices, kind: gsme: settings", c.GsmeSettings, ""),
+    ("devices, kind: ppmid: settings", c.PpmidSettings, ""),
+    ("devices, kind: ihd: settings", c.IhdSettings, ""),
+    ("benches.NAME.rf_paths.NAME", c.RfPath, "a radio path between two devices"),
+    ("benches.NAME.rf_paths.NAME.premises", c.Premises, ""),
+    ("benches.NAME.wiring", c.Wiring, "what feeds what, for the physical bench model"),
+    ("han", c.HanConfig, "the simulated HAN medium"),
+    ("han.bands.BAND", c.BandModel, "per band: 2.4GHz and 868MHz"),
+    ("suites.outage", c.OutageSuite, ""),
+    ("suites.safety", c.SafetySuite, ""),
+    ("suites.propagation", c.PropagationSuite, ""),
+]
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation) if a is not type(None)) + (
+            " or null" if type(None) in typing.get_args(annotation) else "")
+    if origin in (list, tuple):
+        args = typing.get_args(annotation)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        k, v = typing.get_args(annotation)
+        return f"map of {_type_name(v)}"
+    if isinstance(annotation, type):
+        if issubclass(annotation, BaseModel):
+            return "section"
+        return {"str": "text", "int": "integer", "float": "number", "bool": "true/false",
+                "PosixPath": "path", "Path": "path"}.get(annotation.__name__, annotation.__name__)
+    return str(annotation)
+
+
+def _default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "**required**"
+    if field.default_factory is not None:
+        return "(see below)" if isinstance(field.default_factory, type) else "(computed)"
+    value = field.default
+    if value is None or value is PydanticUndefined:
+        return "null"
+    return f"`{value}`"
+
+
+def render() -> str:
+    out = [
+        "# lab.yaml reference",
+        "",
+        "Generated from `rig/config.py` by `python -m rig.config_reference`; a test keeps it in step.",
+        "Unknown keys are errors. Durations are lab seconds unless a key says wall seconds.",
+        "Credentials are never written in lab.yaml: keys such as `password` are refused; name an",
+        "environment variable with `username_env` / `password_env` instead.",
+        "",
+    ]
+    for path, model, blurb in SECTIONS:
+        out += [f"## `{path}`", ""]
+        if blurb:
+            out += [blurb, ""]
+        out += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            if field.exclude:
+                continue
+            desc = (field.description or "").replace("|", "\\|")
+            out.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(render(), end="")

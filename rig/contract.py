@@ -1,0 +1,160 @@
+"""The bus contract: topic names and payload envelopes (see docs/bus.md).
+
+Every participant (controller agent, simulated twin, real-device adapter,
+orchestrator) is addressed as a *node* ``rig/v1/<bench>/<kind>/<name>`` and
+speaks on these channels under it:
+
+========================  ========  ==========================================
+channel                   retained  payload
+========================  ========  ==========================================
+``state``                 yes       the node's current state, ``{"ts", "seq", ...}``
+``presence``              yes       ``{"online", "ts", "wall", "seq", ...}``; Last Will
+                                    ``{"online": false}``; republished as a heartbeat
+``event/<name>``          no        something that happened, ``{"ts", "seq", ...}``
+``cmd/<op>``              no        a :class:`Command`; the reply goes to its ``reply_to``
+``error``                 no        a payload this node could not accept
+========================  ========  ==========================================
+
+Lab-wide topics: ``rig/v1/_lab/clock`` (retained clock anchor),
+``rig/v1/_reply/<client-id>`` (replies), and the lease holder's heartbeat
+``rig/v1/<bench>/agent/controller/heartbeat``.
+
+Kinds: ``agent`` (name ``controller``), ``relay``, ``instrument``,
+``device``, ``dcc``, ``han``.  Ops sit in the topic, not only the payload, so a
+broker ACL can grant a role one op (a PPMID adapter may publish
+``device/ppmid/cmd/press`` and nothing else).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ROOT = "rig/v1"
+LAB_CLOCK = f"{ROOT}/_lab/clock"
+_LEVEL = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def reply_topic(client_id: str) -> str:
+    return f"{ROOT}/_reply/{client_id}"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One addressable participant on the bus."""
+
+    bench: str
+    kind: str
+    name: str
+
+    def __post_init__(self) -> None:
+        for level in (self.bench, self.kind, self.name):
+            if not _LEVEL.match(level):
+                raise ValueError(f"'{level}' cannot be an MQTT topic level (letters, digits, '_', '-', '.')")
+
+    @property
+    def base(self) -> str:
+        return f"{ROOT}/{self.bench}/{self.kind}/{self.name}"
+
+    @property
+    def state(self) -> str:
+        return f"{self.base}/state"
+
+    @property
+    def presence(self) -> str:
+        return f"{self.base}/presence"
+
+    @property
+    def error(self) -> str:
+        return f"{self.base}/error"
+
+    def event(self, name: str) -> str:
+        return f"{self.base}/event/{name}"
+
+    def cmd(self, op: str) -> str:
+        return f"{self.base}/cmd/{op}"
+
+    @property
+    def heartbeat(self) -> str:
+        return f"{self.base}/heartbeat"
+
+    @classmethod
+    def parse(cls, topic: str) -> tuple["Node", str]:
+        """Split ``rig/v1/b/k/n/channel...`` into the node and the channel."""
+        parts = topic.split("/")
+        if len(parts) < 6 or "/".join(parts[:2]) != ROOT:
+            raise ValueError(f"not a node topic: {topic}")
+        return cls(parts[2], parts[3], parts[4]), "/".join(parts[5:])
+
+    def __str__(self) -> str:
+        return f"{self.bench}/{self.kind}/{self.name}"
+
+
+def agent_node(bench: str) -> Node:
+    return Node(bench, "agent", "controller")
+
+
+# ----------------------------------------------------------------------------- payloads
+class Envelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Command(Envelope):
+    """A request.  ``expires`` is lab time: a command that arrives, or would
+    start, after it is refused with ``expired`` and never executed."""
+
+    id: str = Field(..., min_length=1, max_length=128)
+    reply_to: str = Field(..., min_length=1)
+    sender: str = Field(..., min_length=1)
+    expires: float = Field(..., description="lab time after which the command must not run")
+    args: dict[str, Any] = Field(default_factory=dict)
+    lease: str | None = Field(None, description="the bench lease token, for ops that need one")
+
+
+ErrorCode = Literal[
+    "invalid",      # payload did not validate
+    "unknown_op",   # no such operation on this node
+    "expired",      # arrived or would start after its expiry
+    "refused",      # an interlock or a rule said no; message says which
+    "not_leased",   # needs the bench lease and the sender does not hold it
+    "estop",        # E-stop is latched
+    "timeout",      # the hardware behind the node did not answer
+    "failed",       # the handler raised unexpectedly
+]
+
+
+class ErrorBody(Envelope):
+    code: ErrorCode
+    message: str
+    requirement: str | None = Field(None, description="requirement id the refusal enforces, e.g. LAB-2")
+
+
+class Reply(Envelope):
+    id: str
+    ok: bool
+    ts: float = Field(..., description="lab time of the reply")
+    result: dict[str, Any] | None = None
+    error: ErrorBody | None = None
+
+
+class Presence(Envelope):
+    online: bool
+    ts: float | None = None
+    wall: float | None = None
+    seq: int = 0
+    client: str | None = None
+    kind: str | None = None
+    version: str | None = None
+    heartbeat_interval: float | None = None
+    reason: str | None = None
+
+
+class Heartbeat(Envelope):
+    """The lease holder's heartbeat to a bench agent."""
+
+    lease: str
+    seq: int
+    wall: float

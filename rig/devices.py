@@ -1,0 +1,397 @@
+"""Devices under test in a rig script: the meter, hub, PPMID, IHD, gas meter
+and the head end, over the bus only.
+
+::
+
+    with Lab.open("lab.yaml") as lab:
+        bench = lab.bench("bench-1")
+        bench.dcc.disable("esme")                       # supplier disables, remotely
+        bench.dcc.arm("esme")
+        bench.esme.wait_supply("armed", timeout=30)
+        t0 = bench.clock.now()
+        bench.ppmid.enable()                            # press, then hold, on the PPMID
+        bench.esme.wait_supply("enabled", timeout=30)
+        bench.dcc.wait_alert("0x8154", timeout=30, since=t0)
+        bench.esme.han["2.4GHz"]["lqi"]                 # link quality the meter reports
+
+Nothing here imports a twin: the same script drives a real meter through
+its adapter.  Every handle reads the device's retained ``state`` and
+``presence`` and keeps the ``event/<name>`` messages it has seen
+(``handle.events()``); ``request(op, **args)`` sends one of the device's
+operations (docs/devices.md lists them) and raises
+:class:`rig.bus.CommandError` with the device's reason when it refuses.
+
+Waits take lab seconds (and last at least two wall seconds, as bus
+requests do) and raise ``TimeoutError`` naming what did not happen.  For events, pass ``since=`` a lab time taken *before* the action
+(``t0 = bench.clock.now()``): events are kept from the moment the handle
+was first used.
+
+Device operations do not check the bench lease: a device (or its adapter)
+cannot know who holds the agent's lease.  The lease still serialises
+runs, because every suite takes it before touching a bench.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .bus import MIN_WALL_TIMEOUT, CommandError
+from .config import UnknownPart
+from .contract import Node
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .bus import Watch
+    from .lab import Bench
+
+#: lab seconds a device op may take by default (a HAN round trip, retries included)
+DEFAULT_TIMEOUT = 30.0
+
+
+def _at_least(bench: "Bench", timeout: float) -> float:
+    """A wait on the bus lasts at least MIN_WALL_TIMEOUT wall seconds, whatever
+    the clock scale: message delivery does not speed up in a simulation."""
+    return max(timeout, bench.clock.lab_seconds(MIN_WALL_TIMEOUT))
+
+
+def _events_of(watch: "Watch", name: str | None, since: float | None) -> list[dict[str, Any]]:
+    with watch.cond:
+        history = list(watch.history)
+    out = []
+    for topic, payload in history:
+        ev = topic.rsplit("/", 1)[1]
+        if (name is None or ev == name) and isinstance(payload, dict) and \
+                (since is None or float(payload.get("ts", 0)) >= since):
+            out.append({"event": ev, **payload})
+    return out
+
+
+class DeviceHandle:
+    """Any device under test: its state, presence, events and operations."""
+
+    def __init__(self, bench: "Bench", name: str):
+        cfg = bench.cfg.devices.get(name)
+        if cfg is None:
+            raise UnknownPart(f"bench {bench.name} has no device '{name}'; devices: "
+                              f"{', '.join(bench.cfg.devices) or 'none'}")
+        self.bench, self.name, self.cfg = bench, name, cfg
+        self.node = bench.node("device", name)
+        self._state = bench.watch(self.node.state)
+        self._presence = bench.watch(self.node.presence)
+        self._events = bench.watch(f"{self.node.base}/event/+")
+
+    # ------------------------------------------------------------------ what it reports
+    @property
+    def state(self) -> dict[str, Any]:
+        """The device's retained state (empty until it has published one)."""
+        return self._state.get(self.node.state) or {}
+
+    @property
+    def presence(self) -> dict[str, Any]:
+        return self._presence.get(self.node.presence) or {}
+
+    @property
+    def online(self) -> bool:
+        return bool(self.presence.get("online"))
+
+    @property
+    def han(self) -> dict[str, dict[str, Any]]:
+        """Link quality per band: ``{"2.4GHz": {"rssi", "lqi", "per", "up"}}``."""
+        return self.state.get("han") or {}
+
+    @property
+    def summary(self) -> str:
+        return str(self.state.get("summary", ""))
+
+    # ------------------------------------------------------------------ operations and waits
+    def request(self, op: str, timeout: float = DEFAULT_TIMEOUT, **args: Any) -> dict[str, Any]:
+        """Send ``op`` to the device; returns its result or raises CommandError."""
+        return self.bench.request(self.node, op, {k: v for k, v in args.items() if v is not None}, timeout=timeout)
+
+    def wait_state(self, predicate: Callable[[dict[str, Any]], object], timeout: float = DEFAULT_TIMEOUT,
+                   what: str = "") -> dict[str, Any]:
+        """Wait until the retained state satisfies ``predicate``; return it."""
+        got = self._state.wait_for(predicate, timeout, topic=self.node.state, min_wall=MIN_WALL_TIMEOUT)
+        if got is None:
+            raise TimeoutError(f"{self.bench.name}/{self.name}: {what or 'state condition'} not met within "
+                               f"{timeout:g} lab s (state: {self.summary or 'none'})")
+        return got
+
+    def wait_online(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        got = self._presence.wait_for(lambda p: p.get("online"), timeout, topic=self.node.presence, min_wall=2.0)
+        if got is None:
+            raise TimeoutError(f"{self.bench.name}/{self.name} is not online (is `rig sim` or its adapter running?)")
+
+    def events(self, name: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        """Events seen so far (each with its ``event`` name), oldest first."""
+        return _events_of(self._events, name, since)
+
+    def wait_event(self, name: str, predicate: Callable[[dict[str, Any]], object] | None = None,
+                   timeout: float = DEFAULT_TIMEOUT, since: float | None = None) -> dict[str, Any]:
+        """Wait for an ``event/<name>`` (after ``since``) satisfying ``predicate``."""
+        def check() -> dict[str, Any] | None:
+            return next((e for e in _events_of(self._events, name, since) if predicate is None or predicate(e)), None)
+
+        got = self.bench.clock.wait_for(check, _at_least(self.bench, timeout), condition=self._events.cond)
+        if not got:
+            raise TimeoutError(f"{self.bench.name}/{self.name}: no '{name}' event"
+                               f"{' matching the condition' if predicate else ''} within {timeout:g} lab s")
+        return got  # type: ignore[return-value]
+
+    def status(self) -> dict[str, Any]:
+        """The device's full state, asked for now (not the retained copy)."""
+        return self.request("status")
+
+    def __repr__(self) -> str:
+        return f"<{self.cfg.kind} {self.bench.name}/{self.name}: {self.summary or 'no state'}>"
+
+
+class EsmeHandle(DeviceHandle):
+    """The electricity meter."""
+
+    @property
+    def supply(self) -> str | None:
+        """``enabled``, ``armed`` or ``disabled`` as the meter reports it."""
+        return self.state.get("supply")
+
+    @property
+    def contactor(self) -> str | None:
+        """``closed`` or ``open`` as the meter reports it (check the load side with the analyser: property 6)."""
+        return self.state.get("contactor")
+
+    @property
+    def credit(self) -> float | None:
+        return (self.state.get("prepayment") or {}).get("credit")
+
+    def wait_supply(self, supply: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        return self.wait_state(lambda s: s.get("supply") == supply, timeout, f"supply {supply}")
+
+    def press(self, button: str) -> dict[str, Any]:
+        """Press a meter button: ``enable`` (shows the enable prompt),
+        ``emergency_credit``, ``display``."""
+        return self.request("press", button=button)
+
+    def hold(self, button: str, seconds: float) -> dict[str, Any]:
+        """Hold a meter button for ``seconds`` lab seconds (returns after the hold)."""
+        return self.request("hold", timeout=seconds + DEFAULT_TIMEOUT, button=button, seconds=seconds)
+
+    def local_enable(self, hold: float | None = None) -> dict[str, Any]:
+        """The SUP-7 sequence at the meter: press ``enable``, then hold it
+        (default: the meter's hold_time + 0.5 s)."""
+        self.press("enable")
+        return self.hold("enable", hold if hold is not None else self.cfg.settings.hold_time + 0.5)
+
+    def enter_utrn(self, code: str) -> dict[str, Any]:
+        """Type a top-up code on the meter's keypad."""
+        return self.request("enter_utrn", code=code)
+
+    def event_log(self, since: float | None = None, event: str | None = None) -> list[dict[str, Any]]:
+        """The meter's own event log (kept across outages)."""
+        return self.request("event_log", since=since, event=event)["entries"]
+
+
+class PpmidHandle(DeviceHandle):
+    """The prepayment interface device."""
+
+    @property
+    def display(self) -> dict[str, Any]:
+        return self.state.get("display") or {}
+
+    def press(self, button: str, code: str | None = None) -> dict[str, Any]:
+        """Press ``enable``, ``emergency_credit``, ``utrn`` (with ``code``) or ``display``."""
+        return self.request("press", button=button, code=code)
+
+    def hold(self, button: str, seconds: float) -> dict[str, Any]:
+        return self.request("hold", timeout=seconds + DEFAULT_TIMEOUT, button=button, seconds=seconds)
+
+    def enable(self, hold: float | None = None) -> dict[str, Any]:
+        """Enable supply from the PPMID: press ``enable``, then hold it.
+        Returns the PPMID's outcome (``delivered``, ``accepted``, ``supply``)."""
+        self.press("enable")
+        meter = self.cfg.settings.paired_meter or self.bench.cfg.device_of_kind("esme")
+        hold_time = self.bench.cfg.devices[meter].settings.hold_time if meter in self.bench.cfg.devices else 2.0
+        return self.hold("enable", hold if hold is not None else hold_time + 0.5)
+
+    def emergency_credit(self) -> dict[str, Any]:
+        return self.press("emergency_credit")
+
+    def enter_utrn(self, code: str) -> dict[str, Any]:
+        return self.press("utrn", code=code)
+
+
+class CommsHubHandle(DeviceHandle):
+    """The communications hub."""
+
+    @property
+    def power(self) -> str | None:
+        """``mains``, ``reserve`` or ``off``."""
+        return self.state.get("power")
+
+    @property
+    def mirror(self) -> dict[str, Any]:
+        return self.state.get("mirror") or {}
+
+    @property
+    def joined(self) -> list[str]:
+        return list(self.state.get("joined") or [])
+
+    def link_test(self, peer: str, band: str | None = None, frames: int = 50) -> dict[str, Any]:
+        """Measure the HAN link between the hub and ``peer`` on ``band``:
+        ``frames`` test frames, each sent once (no MAC retries).  Returns
+        ``{"frames", "acked", "per", "rssi", "lqi", "method", ...}``: ``per``
+        the share of frames not acknowledged, ``rssi``/``lqi`` the means
+        over the acknowledged ones (``rssi`` None when none came back)::
+
+            bench.attenuator("attenuator_ppmid").set(40)
+            bench.comms_hub.link_test("ppmid", "868MHz", frames=50)["per"]
+
+        A hub that has no ``link_test`` op (a real hub, whose coordinator
+        is a zigpy bridge on the test HAN) is skipped: the peer's own node
+        is asked (the bridge's ``link_test``, ``method: zcl_round_trip``)."""
+        args = {"peer": peer, "band": band, "frames": frames}
+        timeout = DEFAULT_TIMEOUT + frames * 0.5
+        try:
+            return self.request("link_test", timeout=timeout, **args)
+        except CommandError as exc:
+            if exc.code != "unknown_op":
+                raise
+        return device(self.bench, peer).request("link_test", timeout=timeout, **args)
+
+
+class GsmeHandle(DeviceHandle):
+    """The gas meter."""
+
+    def set_flow(self, m3_per_hour: float) -> dict[str, Any]:
+        return self.request("set_flow", m3_per_hour=m3_per_hour)
+
+
+class IhdHandle(DeviceHandle):
+    """The in-home display."""
+
+    @property
+    def display(self) -> dict[str, Any]:
+        return self.state.get("display") or {}
+
+    def press(self, button: str = "display") -> dict[str, Any]:
+        return self.request("press", button=button)
+
+
+HANDLES: dict[str, type[DeviceHandle]] = {
+    "esme": EsmeHandle, "ppmid": PpmidHandle, "comms_hub": CommsHubHandle, "gsme": GsmeHandle, "ihd": IhdHandle,
+}
+
+
+class DccHandle:
+    """The head end (DCC) of the bench: remote commands and the alert sink."""
+
+    def __init__(self, bench: "Bench"):
+        self.bench = bench
+        self.node = Node(bench.name, "dcc", "headend")
+        self._state = bench.watch(self.node.state)
+        self._events = bench.watch(f"{self.node.base}/event/+")
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self._state.get(self.node.state) or {}
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every alert the head end has recorded (asked for now)."""
+        return self.fetch_alerts()
+
+    def fetch_alerts(self, since: float | None = None, code: str | None = None,
+                     device: str | None = None) -> list[dict[str, Any]]:
+        args = {k: v for k, v in {"since": since, "code": code, "device": device}.items() if v is not None}
+        return self.bench.request(self.node, "alerts", args, timeout=DEFAULT_TIMEOUT)["alerts"]
+
+    def wait_alert(self, code: str, timeout: float = DEFAULT_TIMEOUT, device: str | None = None,
+                   since: float | None = None) -> dict[str, Any]:
+        """Wait until the head end has an alert ``code`` (``"0x8F35"``, ``"AD1"``)
+        received at or after ``since``; returns it."""
+        def match(a: dict[str, Any]) -> bool:
+            return (str(a.get("code", "")).lower() == code.lower() and (device is None or a.get("device") == device)
+                    and (since is None or float(a.get("received", 0)) >= since))
+
+        found = next((a for a in self.fetch_alerts(since=since, code=code, device=device) if match(a)), None)
+        if found is not None:
+            return found
+
+        def check() -> dict[str, Any] | None:
+            return next((e for e in _events_of(self._events, "alert", None) if match(e)), None)
+
+        got = self.bench.clock.wait_for(check, _at_least(self.bench, timeout), condition=self._events.cond)
+        if not got:
+            got = next((a for a in self.fetch_alerts(since=since, code=code, device=device) if match(a)), None)
+        if not got:
+            raise TimeoutError(f"{self.bench.name}: no alert {code}{' from ' + device if device else ''} at the head "
+                               f"end within {timeout:g} lab s")
+        return got  # type: ignore[return-value]
+
+    def events(self, name: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        return _events_of(self._events, name, since)
+
+    def service_request(self, device: str, op: str, role: str = "supplier", timeout: float = 60.0,
+                        **args: Any) -> dict[str, Any]:
+        """A remote command through head end, WAN, hub and HAN: ``op`` is
+        disable, arm, enable, add_credit (amount=GBP), emergency_credit,
+        set_load_limit (threshold_kw=, period=) or read."""
+        body = {"role": role, "device": device, "op": op, **{k: v for k, v in args.items() if v is not None}}
+        return self.bench.request(self.node, "service_request", body, timeout=timeout)
+
+    def _meter(self, device: str | None) -> str:
+        name = device or self.bench.cfg.device_of_kind("esme")
+        if name is None:
+            raise UnknownPart(f"bench {self.bench.name} has no electricity meter")
+        return name
+
+    def disable(self, device: str | None = None, role: str = "supplier", **kw: Any) -> dict[str, Any]:
+        return self.service_request(self._meter(device), "disable", role, **kw)
+
+    def arm(self, device: str | None = None, role: str = "supplier", **kw: Any) -> dict[str, Any]:
+        return self.service_request(self._meter(device), "arm", role, **kw)
+
+    def enable(self, device: str | None = None, role: str = "supplier", **kw: Any) -> dict[str, Any]:
+        return self.service_request(self._meter(device), "enable", role, **kw)
+
+    def read(self, device: str | None = None, role: str = "supplier", **kw: Any) -> dict[str, Any]:
+        return self.service_request(self._meter(device), "read", role, **kw)
+
+    def add_credit(self, amount: float, device: str | None = None, **kw: Any) -> dict[str, Any]:
+        return self.service_request(self._meter(device), "add_credit", "supplier", amount=amount, **kw)
+
+    def issue_utrn(self, amount: float, device: str | None = None) -> str:
+        """A one-time top-up code for the meter, as the supplier would issue it."""
+        return self.bench.request(self.node, "issue_utrn", {"device": self._meter(device), "amount": amount},
+                                  timeout=DEFAULT_TIMEOUT)["utrn"]
+
+    def __repr__(self) -> str:
+        return f"<head end {self.bench.name}: {self.state.get('summary', 'no state')}>"
+
+
+# ---------------------------------------------------------------------------- bench members
+def device(bench: "Bench", name: str) -> DeviceHandle:
+    """``bench.device(name)``: the handle of any device of the bench."""
+    cfg = bench.cfg.devices.get(name)
+    cls = HANDLES.get(cfg.kind, DeviceHandle) if cfg is not None else DeviceHandle
+    return bench.handle(("device", name), lambda: cls(bench, name))
+
+
+def _of_kind(bench: "Bench", kind: str) -> Any:
+    if kind == "esme" and bench.cfg.wiring.meter:
+        return device(bench, bench.cfg.wiring.meter)
+    names = [n for n, d in bench.cfg.devices.items() if d.kind == kind]
+    if not names:
+        raise UnknownPart(f"bench {bench.name} has no {kind}; devices: {', '.join(bench.cfg.devices) or 'none'}")
+    return device(bench, names[0])
+
+
+def _dcc(bench: "Bench") -> DccHandle:
+    return bench.handle(("dcc", "headend"), lambda: DccHandle(bench))
+
+
+esme = property(lambda bench: _of_kind(bench, "esme"), doc="The electricity meter (the wiring's meter).")
+gsme = property(lambda bench: _of_kind(bench, "gsme"), doc="The gas meter.")
+comms_hub = property(lambda bench: _of_kind(bench, "comms_hub"), doc="The communications hub.")
+ppmid = property(lambda bench: _of_kind(bench, "ppmid"), doc="The (first) PPMID.")
+ihd = property(lambda bench: _of_kind(bench, "ihd"), doc="The (first) in-home display.")
+dcc = property(_dcc, doc="The head end (DCC): remote commands and alerts.")

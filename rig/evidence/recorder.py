@@ -1,0 +1,227 @@
+"""One run's recorder: the record, the bus capture, the log and the store,
+fed test by test.
+
+The pytest plugin (``fixtures/evidence.py``) drives it; anything else that
+runs checks (a self-test runner, a rig script) can too::
+
+    rec = RunRecorder(run_dir, lab_path="lab.yaml", store_url="sqlite:///runs/history.sqlite").start()
+    rec.attach_bus(endpoint)                      # capture + identities + lab clock
+    rec.test_started({"nodeid": "check_a", "requirements": ["SUP-2"]})
+    ev = rec.evidence_for("check_a")              # TestEvidence: measure/step/selftest
+    ev.measure("safety.enable_latency", 1.2, "s", high=5, requirement="SUP-2")
+    rec.test_finished({"nodeid": "check_a", "verdict": "passed", **ev.entries()})
+    rec.finish(status="passed", exit_code=0)
+    seal_run(run_dir)                             # report, manifest, store (rig.evidence.seal)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..clock import ENV_VAR, LabClock
+from . import CAPTURE_FILE, JOURNAL_FILE, JUNIT_FILE, LAB_FILE, LOG_DIR, RECORD_FILE
+from .inventory import configured_hardware, from_bus, lab_section, software
+from .measurement import TestEvidence
+from .record import RecordWriter, clean
+from .store import redact
+
+log = logging.getLogger(__name__)
+
+#: pytest exit codes -> run status
+STATUS = {0: "passed", 1: "failed", 2: "interrupted", 3: "internal_error", 4: "usage_error", 5: "no_tests"}
+
+
+def stamp(clock: LabClock) -> dict[str, float]:
+    return {"lab": clock.now(), "wall": clock.wall()}
+
+
+class RunRecorder:
+    def __init__(self, run_dir: str | Path, lab_path: str | Path | None = None, bench: str | None = None,
+                 store_url: str | None = None, argv: list[str] | None = None, clock: LabClock | None = None,
+                 junit: str | Path | None = JUNIT_FILE):
+        self.run_dir = Path(run_dir)
+        self.lab_path = Path(lab_path) if lab_path else None
+        self.bench = bench
+        self.store_url = store_url
+        self.argv = list(argv if argv is not None else sys.argv)
+        self.junit = junit
+        if clock is not None:
+            self.clock, self.clock_source = clock, "given"
+        elif os.environ.get(ENV_VAR):
+            self.clock, self.clock_source = LabClock.from_env(), "env"
+        else:
+            self.clock, self.clock_source = LabClock(scale=1.0), "wall"
+        self.cfg = None
+        self.writer: RecordWriter | None = None
+        self.capture = None
+        self.store = None
+        self.store_error: str | None = None
+        self._log_handler: logging.Handler | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> "RunRecorder":
+        from ..config import ConfigError, load_lab
+
+        from .record import RecordError
+
+        if (self.run_dir / RECORD_FILE).exists() or (self.run_dir / JOURNAL_FILE).exists():
+            raise RecordError(f"{self.run_dir}: already holds a run record; every run needs a new run folder")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        error = None
+        if self.lab_path is not None:
+            try:
+                self.cfg = load_lab(self.lab_path)
+            except ConfigError as exc:
+                error = str(exc)
+            except OSError as exc:
+                error = f"{self.lab_path}: {exc.strerror or exc}"
+            if self.lab_path.is_file():
+                shutil.copyfile(self.lab_path, self.run_dir / LAB_FILE)
+        if self.cfg is not None and self.bench is None:
+            self.bench = next(iter(self.cfg.benches))
+        if self.store_url is None:
+            self.store_url = (self.cfg.lab.results.store if self.cfg is not None
+                              else f"sqlite:///{(self.run_dir.parent / 'history.sqlite').resolve()}")
+        self._start_log()
+        self.writer = RecordWriter(self.run_dir)
+        hardware = configured_hardware(self.cfg, self.bench) if self.cfg is not None else {"instruments": {}, "devices": {}}
+        run = {
+            "id": self.run_dir.name, "started": stamp(self.clock), "host": socket.gethostname(), "pid": os.getpid(),
+            "argv": self.argv, "cwd": os.getcwd(), "lab": lab_section(self.lab_path, self.cfg, error),
+            "bench": self.bench, "clock": self._clock_info(), "software": software(), "hardware": hardware,
+            "store_url": redact(self.store_url),
+            "files": {"journal": JOURNAL_FILE, "junit": self._junit_path(), "lab": LAB_FILE if self.lab_path else None,
+                      "logs": LOG_DIR, "bus_capture": None},
+        }
+        self.writer.emit({"ev": "run.start", "run": run}, snapshot=True)
+        self._open_store()
+        return self
+
+    def _junit_path(self) -> str | None:
+        """The JUnit file, relative to the run folder when it is inside it."""
+        if self.junit is None:
+            return None
+        path = Path(self.junit)
+        if not path.is_absolute():
+            return path.as_posix()
+        try:
+            return path.resolve().relative_to(self.run_dir.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+    def _clock_info(self) -> dict[str, Any]:
+        return {"scale": self.clock.scale, "anchor_wall": self.clock.anchor.wall, "source": self.clock_source,
+                "configured_scale": self.cfg.lab.clock.scale if self.cfg is not None else None}
+
+    def _start_log(self) -> None:
+        logs = self.run_dir / LOG_DIR
+        logs.mkdir(exist_ok=True)
+        handler = logging.FileHandler(logs / "run.log", encoding="utf-8")
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        rig_logger = logging.getLogger("rig")
+        if rig_logger.level == logging.NOTSET:
+            rig_logger.setLevel(logging.INFO)
+        self._log_handler = handler
+
+    def _open_store(self) -> None:
+        from .store import ResultsStore, StoreError
+
+        try:
+            self.store = ResultsStore.open(self.store_url)
+            self.store.begin_run(self.writer.record, self.run_dir.resolve())
+        except StoreError as exc:
+            # the run goes on; `rig history` imports the folder later
+            self.store, self.store_error = None, str(exc)
+            log.warning("results store unavailable, the run folder still has everything: %s", exc)
+
+    # ------------------------------------------------------------------ the bus
+    def attach_bus(self, endpoint) -> None:
+        """Capture every message of the lab into ``bus.jsonl``, adopt the lab's
+        clock and keep instrument identities and device versions up to date."""
+        from .capture import BusCapture
+
+        if self.capture is not None:
+            return
+        try:
+            self.capture = BusCapture(endpoint, self.run_dir / CAPTURE_FILE, self.clock).start()
+        except Exception as exc:  # noqa: BLE001 - a run without a capture still has a record
+            log.warning("bus capture not started: %s", exc)
+            self.writer.emit({"ev": "files", "files": {"bus_capture_error": str(exc)}})
+            self.capture = None
+            return
+        if self.capture.clock_source == "bus":
+            self.clock, self.clock_source = self.capture.clock, "bus"
+        self.writer.emit({"ev": "clock", "clock": self._clock_info()})
+        self.writer.emit({"ev": "files", "files": {"bus_capture": CAPTURE_FILE}})
+        self.capture.on_message(self._on_bus)
+        for topic, payload in self.capture.latest().items():
+            self._on_bus(topic, payload)
+
+    def _on_bus(self, topic: str, payload: Any) -> None:
+        facts = from_bus(topic, payload)
+        if not facts or self.writer is None:
+            return
+        hw = self.writer.record["hardware"]
+        new = any(hw.get(section, {}).get(name, {}).get(k) != v
+                  for section, parts in facts.items() for name, info in parts.items() for k, v in info.items())
+        if new:
+            self.writer.emit({"ev": "hardware", **facts})
+
+    # ------------------------------------------------------------------ tests
+    def test_started(self, info: dict[str, Any]) -> None:
+        info = {"started": stamp(self.clock), **info}
+        self.writer.emit({"ev": "test.start", "test": info})
+
+    def listener(self, kind: str, payload: dict[str, Any]) -> None:
+        """For :class:`TestEvidence`: journal a step/measurement as it is made."""
+        if self.writer is not None:
+            self.writer.emit({"ev": kind, **payload}, snapshot=False)
+
+    def evidence_for(self, nodeid: str) -> TestEvidence:
+        return TestEvidence(nodeid, self.clock, self.listener)
+
+    def test_finished(self, test: dict[str, Any]) -> None:
+        """The test's final entry (verdict, failure, steps, measurements ...)."""
+        current = next((t for t in self.writer.record["tests"] if t["nodeid"] == test["nodeid"]), {})
+        finished = test.get("finished") or stamp(self.clock)
+        started = test.get("started") or current.get("started") or finished
+        duration = test.get("duration") or {"wall": finished["wall"] - started["wall"],
+                                             "lab": finished["lab"] - started["lab"]}
+        final = {**test, "started": started, "finished": finished, "duration": duration}
+        self.writer.emit({"ev": "test.end", "test": final})
+        if self.store is not None:
+            from .store import StoreError
+
+            entry = next(t for t in self.writer.record["tests"] if t["nodeid"] == test["nodeid"])
+            try:
+                self.store.add_test(self.writer.record, entry)
+            except StoreError as exc:
+                log.warning("%s", exc)
+
+    # ------------------------------------------------------------------ end
+    def finish(self, status: str, exit_code: int | None, complete: bool = True) -> dict[str, Any]:
+        """Stop the capture, close the record.  The run folder is sealed
+        (report, manifest, store) by :func:`rig.evidence.seal.seal_run`."""
+        if self.capture is not None:
+            self.capture.stop()
+        if self.store_error:
+            self.writer.emit({"ev": "files", "files": {"store_error": self.store_error}})
+        rec = self.writer.close(status, exit_code, finished=stamp(self.clock), complete=complete)
+        if self._log_handler is not None:
+            logging.getLogger().removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        return clean(rec)

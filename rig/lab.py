@@ -1,0 +1,340 @@
+"""The rig-script API: the lab and its benches as a lab engineer names them.
+
+::
+
+    from rig import Lab
+
+    with Lab.open("lab.yaml") as lab:            # the lab must be up (`rig up`)
+        bench = lab.bench("bench-1")             # lease the bench; heartbeat starts
+        bench.relay("mains").on()                # returns once the agent confirms
+        bench.wait(lambda: bench.relay("mains").is_on, timeout=5)   # lab seconds
+    # leaving the block releases the lease: every output goes safe
+
+Everything here goes over the bus; nothing imports the agent or the
+simulated devices, so a script runs unchanged against a real bench.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .broker import Endpoint, endpoint_for
+from .bus import MIN_WALL_TIMEOUT, Bus, BusError, CommandError, Watch
+from .clock import ClockAnchor, LabClock
+from .config import LabConfig, UnknownPart, load_lab
+from .contract import LAB_CLOCK, ROOT, Heartbeat, Node, agent_node
+
+log = logging.getLogger(__name__)
+
+
+class ConfirmationTimeout(CommandError):
+    """A command was accepted but the state it asked for was never reported."""
+
+
+def holder_id() -> str:
+    return f"{os.environ.get('USER', 'user')}@{socket.gethostname()}:{os.getpid()}"
+
+
+class RelayHandle:
+    """A bench relay: ``on()``/``off()`` send the command and return only when
+    the agent's retained state confirms it (like labgrid's MQTT power driver)."""
+
+    def __init__(self, bench: "Bench", name: str):
+        self.bench, self.name = bench, name
+        self.node = Node(bench.name, "relay", name)
+        self._watch = bench.watch(self.node.state)
+
+    @property
+    def state(self) -> dict[str, Any] | None:
+        return self._watch.get(self.node.state)
+
+    @property
+    def is_on(self) -> bool:
+        s = self.state
+        return bool(s and s.get("state") == "on")
+
+    def switchable_at(self) -> float:
+        """Lab time from which the minimum switching interval (LAB-2) allows
+        the next switching."""
+        s = self.state or {}
+        changed = s.get("changed")
+        return (changed + float(s.get("min_interval") or 0)) if changed is not None else float("-inf")
+
+    def wait_switchable(self, timeout: float = 60.0) -> None:
+        """Wait (lab seconds) until the relay's minimum interval has passed.
+        A handle that has not yet heard the relay's retained state waits for
+        it first: without it the last switching time is unknown."""
+        if self._watch.wait_for(lambda s: "state" in s, timeout, min_wall=MIN_WALL_TIMEOUT) is None:
+            raise TimeoutError(f"{self.bench.name}: relay {self.name} reported no state within {timeout:g} lab s")
+        self.bench.wait(lambda: self.bench.clock.now() >= self.switchable_at(), timeout,
+                        f"relay {self.name} switchable")
+
+    def set(self, on: bool, timeout: float = 5.0) -> dict[str, Any]:
+        want = "on" if on else "off"
+        result = self.bench.request(self.node, "set", {"state": want}, timeout=timeout)
+        confirmed = self._watch.wait_for(lambda s: s.get("state") == want, timeout, min_wall=MIN_WALL_TIMEOUT)
+        if confirmed is None:
+            raise ConfirmationTimeout(self.node, "set", _error("timeout", f"agent accepted but never reported {want}"))
+        return result
+
+    def on(self, timeout: float = 5.0) -> dict[str, Any]:
+        return self.set(True, timeout)
+
+    def off(self, timeout: float = 5.0) -> dict[str, Any]:
+        return self.set(False, timeout)
+
+    def __repr__(self) -> str:
+        s = self.state
+        return f"<relay {self.bench.name}/{self.name}: {s.get('state') if s else 'unknown'}>"
+
+
+def _error(code: str, message: str):
+    from .contract import ErrorBody
+
+    return ErrorBody(code=code, message=message)
+
+
+class Bench:
+    """One bench of the lab, leased (by default) for as long as it is open."""
+
+    def __init__(self, lab: "Lab", name: str, lease: bool = True):
+        self.lab, self.name = lab, name
+        self.cfg = lab.cfg.bench(name)
+        self.bus = lab.bus
+        self.clock = lab.clock
+        self.agent = agent_node(name)
+        self.token: str | None = None
+        self._watches: dict[str, Watch] = {}
+        self._relays: dict[str, RelayHandle] = {}
+        self._handles: dict[tuple[str, str], Any] = {}
+        self._hb_stop = threading.Event()
+        self._hb_thread: threading.Thread | None = None
+        self._hb_seq = 0
+        self.agent_state = self.watch(self.agent.state)
+        if lease:
+            self.acquire()
+
+    # ------------------------------------------------------------------ lease
+    def acquire(self) -> None:
+        """Lease the bench (LAB-3) and keep the lease alive with heartbeats."""
+        result = self.bus.request(self.agent, "lease.acquire", {"holder": self.lab.holder})
+        self.token = result["token"]
+        interval = float(result.get("heartbeat_timeout", 2.0)) / 4
+        self._hb_stop.clear()
+        self._hb_thread = threading.Thread(target=self._heartbeat, args=(interval,),
+                                           name=f"heartbeat:{self.name}", daemon=True)
+        self._hb_thread.start()
+
+    def _heartbeat(self, interval: float) -> None:
+        while not self._hb_stop.wait(interval):
+            self._hb_seq += 1
+            try:
+                self.bus.publish(self.agent.heartbeat,
+                                 Heartbeat(lease=self.token, seq=self._hb_seq, wall=self.clock.wall()).model_dump())
+            except BusError as exc:
+                log.warning("heartbeat to %s not sent: %s", self.name, exc)
+
+    def release(self) -> None:
+        """Give the bench back; the agent puts every output in its safe state."""
+        self._hb_stop.set()
+        if self._hb_thread is not None:
+            self._hb_thread.join(2)
+        if self.token is not None:
+            try:
+                self.bus.request(self.agent, "lease.release", {"token": self.token})
+            except CommandError as exc:
+                log.warning("lease release on %s: %s (the heartbeat watchdog will make it safe)", self.name, exc)
+            self.token = None
+
+    @property
+    def leased(self) -> bool:
+        return self.token is not None
+
+    # ------------------------------------------------------------------ bus access
+    def watch(self, topic_filter: str) -> Watch:
+        if topic_filter not in self._watches:
+            self._watches[topic_filter] = self.bus.watch(topic_filter)
+        return self._watches[topic_filter]
+
+    def node(self, kind: str, name: str) -> Node:
+        return Node(self.name, kind, name)
+
+    def request(self, node: Node, op: str, args: dict[str, Any] | None = None, timeout: float = 5.0,
+                **kw) -> dict[str, Any]:
+        """Send a command to a node of this bench with this bench's lease."""
+        return self.bus.request(node, op, args, timeout=timeout, lease=self.token, **kw)
+
+    def wait(self, predicate: Callable[[], object], timeout: float, what: str = "condition") -> object:
+        """Wait up to ``timeout`` lab seconds for ``predicate()``; raise
+        TimeoutError naming ``what`` if it never holds."""
+        value = self.clock.wait_for(predicate, timeout)
+        if not value:
+            raise TimeoutError(f"{self.name}: {what} not met within {timeout:g} lab s")
+        return value
+
+    def dwell(self, lab_seconds: float) -> None:
+        """Let a scenario's duration pass (mains off for 170 s).  Not for
+        waiting on things to happen: use :meth:`wait` for that."""
+        self.clock.sleep(lab_seconds)
+
+    # ------------------------------------------------------------------ parts
+    def relay(self, name: str) -> RelayHandle:
+        if name not in self.cfg.relays:
+            raise UnknownPart(f"bench {self.name} has no relay '{name}'; relays: {', '.join(self.cfg.relays) or 'none'}")
+        if name not in self._relays:
+            self._relays[name] = RelayHandle(self, name)
+        return self._relays[name]
+
+    def handle(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
+        """The bench's one handle for a part (an instrument, a device, the
+        mains), made by ``make`` on first use and kept: every handle follows
+        the bus, so one per part is enough."""
+        if key not in self._handles:
+            self._handles[key] = make()
+        return self._handles[key]
+
+    # --- instrument handles (instruments/handles.py): bench.mains, bench.load, bench.analyser, ...
+    from instruments.handles import ac_source, analyser, attenuator, attenuators, instrument, load, mains, optical  # noqa: E402,F401,I001
+
+    # --- device handles (rig/devices.py): bench.device(name), bench.esme, bench.ppmid, ...
+    from .devices import comms_hub, dcc, device, esme, gsme, ihd, ppmid  # noqa: E402,F401,I001
+
+    def safe(self) -> list[str]:
+        """Ask the agent to put every output in its safe state now."""
+        return self.bus.request(self.agent, "safe").get("changed", [])
+
+    def estop(self, reason: str = "software E-stop") -> None:
+        self.bus.request(self.agent, "estop.trip", {"reason": reason})
+
+    def reset_estop(self) -> None:
+        self.bus.request(self.agent, "estop.reset")
+
+    @property
+    def status(self) -> dict[str, Any] | None:
+        return self.agent_state.get(self.agent.state)
+
+    def close(self) -> None:
+        self.release()
+        for w in self._watches.values():
+            w.close()
+        self._watches.clear()
+
+    def __enter__(self) -> "Bench":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<bench {self.name}{' (leased)' if self.leased else ''}>"
+
+
+class Lab:
+    """A lab: its configuration, its bus, its clock, its benches."""
+
+    def __init__(self, cfg: LabConfig, bus: Bus, clock: LabClock, holder: str | None = None):
+        self.cfg, self.bus, self.clock = cfg, bus, clock
+        self.holder = holder or holder_id()
+        self._benches: dict[str, Bench] = {}
+
+    @classmethod
+    def open(cls, path: str | Path | LabConfig = "lab.yaml", endpoint: Endpoint | None = None,
+             holder: str | None = None) -> "Lab":
+        """Connect to a running lab (``rig up``, or the lab's own broker and agents)."""
+        cfg = path if isinstance(path, LabConfig) else load_lab(path)
+        endpoint = endpoint or endpoint_from_env() or endpoint_for(cfg.broker)
+        clock = LabClock(scale=cfg.lab.clock.scale)
+        bus = Bus(endpoint, client_id=f"orch-{uuid.uuid4().hex[:8]}", clock=clock).connect()
+        anchor = adopt_clock(bus)
+        if anchor is not None:
+            bus.clock = clock = LabClock(anchor=anchor)
+        return cls(cfg, bus, clock, holder)
+
+    def bench(self, name: str | None = None, lease: bool = True) -> Bench:
+        """A bench of the lab (the only one if ``name`` is omitted), leased."""
+        if name is None:
+            if len(self.cfg.benches) != 1:
+                raise UnknownPart(f"name a bench: {', '.join(self.cfg.benches)}")
+            name = next(iter(self.cfg.benches))
+        self.cfg.bench(name)  # a clear error for an unknown bench
+        if name not in self._benches:
+            self._benches[name] = Bench(self, name, lease=lease)
+        return self._benches[name]
+
+    def close(self) -> None:
+        for bench in self._benches.values():
+            bench.close()
+        self._benches.clear()
+        self.bus.close()
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def endpoint_from_env() -> Endpoint | None:
+    """``RIG_BROKER_URL`` (set by ``rig up``/``rig run`` for their children)."""
+    url = os.environ.get("RIG_BROKER_URL")
+    if not url:
+        return None
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    return Endpoint(u.hostname or "127.0.0.1", u.port or 1883, os.environ.get("RIG_BROKER_KIND", "external"))
+
+
+def adopt_clock(bus: Bus, wait: float = 1.0) -> ClockAnchor | None:
+    """The lab's clock anchor, retained on the bus by whoever brought the lab up."""
+    got: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def on_clock(_topic: str, payload: Any) -> None:
+        if isinstance(payload, dict) and "wall" in payload and "scale" in payload:
+            got.update(payload)
+            ready.set()
+
+    bus.subscribe(LAB_CLOCK, on_clock)
+    ready.wait(wait)
+    bus.unsubscribe(LAB_CLOCK, on_clock)
+    if not got:
+        return None
+    return ClockAnchor(float(got["wall"]), float(got["scale"]))
+
+
+def snapshot(bus: Bus, bench: str | None = None, quiet: float = 0.3, limit: float = 3.0,
+             everything: bool = False) -> dict[str, Any]:
+    """The retained state, presence and clock under the lab's root (or one
+    bench), or with ``everything`` every retained topic, read until the
+    broker has been quiet for ``quiet`` wall seconds (MQTT marks no end of
+    the retained messages)."""
+    import time
+
+    topic = f"{ROOT}/{bench}/#" if bench else f"{ROOT}/#"
+    seen: dict[str, Any] = {}
+    last = [time.monotonic()]
+    lock = threading.Lock()
+
+    def on_msg(t: str, payload: Any) -> None:
+        if everything or "/state" in t or t.endswith("/presence") or t == LAB_CLOCK or "/_sim/" in t:
+            with lock:
+                seen[t] = payload
+                last[0] = time.monotonic()
+
+    bus.subscribe(topic, on_msg)
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        with lock:
+            if time.monotonic() - last[0] > quiet and time.monotonic() - start > quiet:
+                break
+        time.sleep(0.02)
+    bus.unsubscribe(topic, on_msg)
+    return seen

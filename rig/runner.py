@@ -1,0 +1,120 @@
+"""``rig run``: bring the lab up if needed, run the suites with pytest, keep
+everything in a run folder, seal it, and say what failed and why."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from .config import LabConfig, UnknownPart
+from .launch import LabUp, lab_is_up
+
+SUITES_DIR = Path(__file__).parent / "suites"
+
+
+def available_suites() -> dict[str, Path]:
+    return {p.stem.removeprefix("test_"): p for p in sorted(SUITES_DIR.glob("test_*.py"))}
+
+
+def suite_files(suites: str | None) -> list[Path]:
+    available = available_suites()
+    if not suites:
+        return list(available.values())
+    chosen = []
+    for name in (s.strip() for s in suites.split(",") if s.strip()):
+        if name not in available:
+            raise UnknownPart(f"no suite '{name}'; suites: {', '.join(available)}")
+        chosen.append(available[name])
+    return chosen
+
+
+def new_run_dir(results_dir: Path) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = results_dir / f"{stamp}-{uuid.uuid4().hex[:6]}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    return run_dir
+
+
+def pytest_args(files: list[Path], run_dir: Path, lab_path: Path, broker_url: str, store: str,
+                bench: str | None, keyword: str | None, extra: list[str]) -> list[str]:
+    ini = run_dir / "pytest.ini"
+    ini.write_text("[pytest]\n")
+    args = [str(f) for f in files] + [
+        "-c", str(ini), "--rootdir", str(SUITES_DIR), "-p", "no:cacheprovider",
+        "--lab", str(lab_path), "--rig-broker", broker_url,
+        "--junitxml", str(run_dir / "junit.xml"), "-v", "-rfE",
+        "--rig-run-dir", str(run_dir), "--rig-no-seal", "--rig-store", store,
+    ]
+    if bench:
+        args += ["--bench", bench]
+    if keyword:
+        args += ["-k", keyword]
+    return args + list(extra)
+
+
+def explain_failures(run_dir: Path, console: Console) -> None:
+    """One line per failed test: its requirement ids and the safety property it checks."""
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return
+    for test in record.get("tests", []):
+        if test.get("verdict") not in ("failed", "error"):
+            continue
+        reqs = ", ".join(test.get("requirements") or []) or "no requirement id"
+        props = ", ".join(f"safety property {p}" for p in test.get("safety_properties") or [])
+        reason = (test.get("failure") or {}).get("message", "") if isinstance(test.get("failure"), dict) \
+            else str(test.get("failure") or "")
+        reason = reason.strip().splitlines()[0][:200] if reason.strip() else ""
+        console.print(f"  [red]FAILED[/red] {test.get('name', test.get('nodeid'))} "
+                      f"[{reqs}{'; ' + props if props else ''}] {reason}", highlight=False)
+
+
+def run_suites(cfg: LabConfig, lab_path: Path, suites: str | None = None, keyword: str | None = None,
+               bench: str | None = None, clock_scale: float | None = None, results_dir: Path | None = None,
+               extra: list[str] | None = None, console: Console | None = None) -> int:
+    console = console or Console()
+    files = suite_files(suites)
+    run_dir = new_run_dir(Path(results_dir or cfg.lab.results.dir))
+    store = cfg.lab.results.store
+    console.print(f"run folder: {run_dir}")
+    up = None
+    if lab_is_up(cfg):
+        from .broker import endpoint_for
+
+        url = endpoint_for(cfg.broker).url
+        console.print(f"using the lab that is up at {url}")
+        if clock_scale:
+            console.print("[yellow]--clock-scale ignored: the running lab keeps its own clock[/yellow]")
+    else:
+        with console.status("bringing the simulated lab up..."):
+            up = LabUp(cfg, port=0, clock_scale=clock_scale, lab_path=str(lab_path),
+                       log_dir=run_dir / "logs").start()
+        url = up.endpoint.url
+        os.environ["RIG_BROKER_KIND"] = up.endpoint.kind
+        console.print(f"lab up: broker {up.endpoint}, clock x{up.clock.scale:g}")
+    try:
+        code = int(pytest.main(pytest_args(files, run_dir, lab_path, url, store, bench, keyword, extra or [])))
+    finally:
+        if up is not None:
+            with console.status("stopping the lab (every output safe)..."):
+                up.stop()
+    from .evidence.seal import seal_run
+
+    sealed = seal_run(run_dir, store_url=store)
+    verdict = "[green]PASSED[/green]" if code == 0 else "[red]FAILED[/red]"
+    if code != 0:
+        explain_failures(run_dir, console)
+    console.print(f"{verdict}  results: {run_dir}")
+    console.print(f"  report: {sealed.report}  run hash: {sealed.manifest_sha256}")
+    if sealed.report_error:
+        console.print(f"  [yellow]report not written: {sealed.report_error}[/yellow]")
+    if sealed.store_error:
+        console.print(f"  [yellow]results store not updated: {sealed.store_error}[/yellow]")
+    return code

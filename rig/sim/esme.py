@@ -1,0 +1,846 @@
+"""The simulated electricity meter (ESME).
+
+It measures what the physical bench model has on its wires (line voltage,
+load current through its own contactor), runs the SMETS2 supply state
+machine and prepayment, keeps an event log that survives loss of mains, and
+answers the HAN like a SEP 1.x meter.
+
+Supply state machine (SUP-1, SUP-2, SUP-6; ZCL ``SupplyStatus``)::
+
+    enabled  --remote disable (supplier|dno)-->  disabled   (contactor opens)
+    disabled --remote arm, no other party's disablement left-->  armed
+    disabled --remote enable (lab policy ``remote_enable: when_not_armed``)-->  enabled
+    armed    --local action (button press + hold, or paired PPMID)-->  enabled
+    armed    --remote enable-->  refused and logged (SUP-2)
+    enabled  --credit exhausted-->  disabled (party "credit")
+    enabled  --load above the limit for the period-->  armed (0x8F33), and
+             after the restoration period enabled again (0x8F34)
+
+Every party that disabled the supply (``supplier``, ``dno``, ``credit``)
+holds the disablement until that same party lifts it: an enable or arm by
+one never overrides another's (SUP-6).  The state, the parties and the event
+log are kept across loss of mains (safety property 5).
+
+Local actions (bus ops of the device node, what a person at the meter does)::
+
+    press("enable")            the enable prompt shows (SUP-7 menu step)
+    hold("enable", 2.5)        held >= hold_time while the prompt shows: enable
+    press("emergency_credit")  activate emergency credit when available
+    enter_utrn("0100...")      keypad top-up (SUP-5)
+
+Outage (OUT-1..OUT-5): loss of supply is logged (0x8F57 "Supply
+interrupted") and a last gasp carrying the configured
+``outage_alert_period`` goes over the HAN to the hub; the head end raises
+the outage alert if supply is not back in time.  On restoration the meter
+logs and alerts 0x8F35 (shorter than the period) or 0x8F36 (at least the
+period).  Voltage sag/swell (OUT-6) raise 0x802C/0x8099 and 0x8024/0x8091.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ..bus import CommandContext, Refused
+from .physics import SUPPLY_PRESENT_V
+from . import zcl
+from .devices import Twin, reject
+from .han import HanFrame
+
+log = logging.getLogger(__name__)
+
+#: lab seconds the enable prompt stays on the display after ``press("enable")``
+PROMPT_SECONDS = 30.0
+#: longest modelled button hold, lab seconds
+MAX_HOLD = 60.0
+#: misses_flicker: interruptions shorter than this are not logged
+FLICKER_SECONDS = 5.0
+#: early_outage_alert: the alert period the faulty meter reports
+EARLY_ALERT_PERIOD = 60.0
+#: event log entries kept
+LOG_SIZE = 2000
+#: longest wait between metrology ticks, lab seconds
+MAX_TICK = 60.0
+
+SUPPLY = {0: "disabled", 1: "armed", 2: "enabled"}
+SUPPLY_CODE = {v: k for k, v in SUPPLY.items()}
+
+#: which remote party may send which inner command (SEC-2, SEC-4)
+AUTHORITY: dict[tuple[str, str], set[str]] = {
+    ("Metering", "change_supply"): {"supplier", "dno"},
+    ("Prepayment", "credit_adjustment"): {"supplier"},
+    ("Prepayment", "select_available_emergency_credit"): {"supplier"},
+    ("LoadLimit", "Write_Attributes"): {"supplier"},
+    ("Metering", "Read_Attributes"): {"supplier", "dno"},
+    ("Prepayment", "Read_Attributes"): {"supplier", "dno"},
+    ("LoadLimit", "Read_Attributes"): {"supplier", "dno"},
+}
+
+
+class PressArgs(BaseModel):
+    button: Literal["enable", "emergency_credit", "display"]
+
+
+class HoldArgs(BaseModel):
+    button: Literal["enable", "emergency_credit", "display"]
+    seconds: float = Field(..., gt=0, le=MAX_HOLD, description="lab seconds the button is held")
+
+
+class UtrnArgs(BaseModel):
+    code: str = Field(..., min_length=1, max_length=40)
+
+
+class LogArgs(BaseModel):
+    since: float | None = None
+    event: str | None = None
+
+
+class Outcome(Exception):
+    """A remote or HAN command the meter will not carry out."""
+
+    def __init__(self, reason: str, requirement: str = "", status: zcl.Status = zcl.Status.FAILURE):
+        super().__init__(reason)
+        self.reason, self.requirement, self.status = reason, requirement, status
+
+
+class Esme(Twin):
+    kind = "esme"
+
+    def __init__(self, world, han, name, cfg):
+        super().__init__(world, han, name, cfg)
+        s = self.s = cfg.settings
+        self.physics = world.physics
+        self.lab_name = world.lab.lab.name
+        self.wired = world.cfg.wiring.meter == name
+        now = self.clock.now()
+        self.powered = self.physics.supply_present()
+        # supply
+        self.supply = "enabled"
+        self.disabled_by: set[str] = set()
+        self.arm_cause: str | None = None
+        self.reported_closed = False
+        # metrology
+        self.energy_wh = 0.0
+        self._ts = now
+        self._power = 0.0
+        # prepayment (GBP; negative only while emergency credit is in use)
+        self.credit = float(s.credit)
+        self.ec_state = "not_available"
+        self.low_credit = False
+        self.total_credit_added = 0.0
+        self.used_utrns: set[str] = set()
+        self.utrn_key = zcl.meter_key(self.lab_name, cfg.id)
+        # load limit (SUP-9)
+        self.load_limit_kw = s.load_limit_kw
+        self.load_limit_period = s.load_limit_period
+        self._over_since: float | None = None
+        self._ll_handle = None
+        # outages and power quality
+        self.outage_start: float | None = None if self.powered else now
+        self.last_outage: dict[str, Any] | None = None
+        self.power_quality: str | None = None
+        # local user interface
+        self.prompt_until = float("-inf")
+        self.page = 0
+        # security
+        self.requests_seen: set[int] = set()
+        bench = world.cfg
+        self.paired_ppmid = s.paired_ppmid or next(
+            (n for n, d in bench.devices.items() if d.kind == "ppmid"
+             and getattr(d.settings, "paired_meter", None) in (None, name)), None)
+        self.paired_eui = bench.devices[self.paired_ppmid].id if self.paired_ppmid in bench.devices else None
+        self.hub_eui = next((d.id for d in bench.devices.values() if d.kind == "comms_hub"), None)
+        if "accepts_replayed_ppmid" in self.faults:
+            self.radio.accept_replays = True
+        self.log: list[dict[str, Any]] = []
+        self._tick_handle = None
+
+    # ------------------------------------------------------------------ wiring
+    def radio_powered(self) -> bool:
+        return self.powered
+
+    def serve(self) -> None:
+        s = self.bus.serve
+        s(self.node, "press", self._press, PressArgs)
+        s(self.node, "hold", self._hold, HoldArgs)
+        s(self.node, "enter_utrn", self._enter_utrn, UtrnArgs)
+        s(self.node, "event_log", self._event_log, LogArgs)
+        s(self.node, "read", lambda _a, _c: self._read())
+
+    def started(self) -> None:
+        self.physics.listen(self._on_physics)
+        with self.lock:
+            self._drive_contactor()
+            self._schedule_tick()
+
+    # ------------------------------------------------------------------ log and alerts
+    def record(self, event: str, code: int | None = None, /, **data: Any) -> dict[str, Any]:
+        """Append to the meter's event log (kept across outages) and publish it."""
+        entry = {"ts": self.clock.now(), "event": event, **({"code": f"0x{code:04X}"} if code else {}), **data}
+        self.log.append(entry)
+        if len(self.log) > LOG_SIZE:
+            del self.log[: len(self.log) - LOG_SIZE]
+        self.event("log", **entry)
+        return entry
+
+    # ------------------------------------------------------------------ contactor
+    def _drive_contactor(self) -> None:
+        """Make the contactor match the supply state (reported and physical)."""
+        want = self.supply == "enabled"
+        if want == self.reported_closed and (not self.wired or self.physics.contactor == self._actual(want)):
+            return
+        self.reported_closed = want
+        if self.wired:
+            self.physics.set_contactor(self._actual(want))
+        self.event("contactor", closed=want)
+
+    def _actual(self, want: bool) -> bool:
+        # reports_closed_when_open: the relay never closes, the meter says it did
+        return want and "reports_closed_when_open" not in self.faults
+
+    def _set_supply(self, new: str, cause: str, arm_cause: str | None = None, **data: Any) -> None:
+        old = self.supply
+        if new == old:
+            return
+        self.supply = new
+        self.arm_cause = arm_cause if new == "armed" else None
+        self.record(f"supply_{new}", cause=cause, previous=old, disabled_by=sorted(self.disabled_by), **data)
+        self.event("supply", state=new, previous=old, cause=cause)
+        self._drive_contactor()
+        self.publish()
+
+    # ------------------------------------------------------------------ physics
+    def _on_physics(self, _what: set[str]) -> None:
+        with self.lock:
+            self._integrate()
+            present = self.physics.supply_present()
+            if present != self.powered:
+                if present:
+                    self._supply_restored()
+                else:
+                    self._supply_lost()
+            if self.powered:
+                self._check_power_quality()
+                self._check_load_limit()
+            self._schedule_tick()
+        self.publish()
+
+    def _integrate(self) -> None:
+        now = self.clock.now()
+        dt = max(0.0, now - self._ts)
+        self._ts = now
+        if dt > 0 and self._power > 0:
+            wh = self._power * dt / 3600.0
+            self.energy_wh += wh
+            self.credit -= wh / 1000.0 * self.s.tariff
+            self._check_credit()
+        self._power = self.physics.load_power() if self.wired and self.powered else 0.0
+
+    def _tick(self) -> None:
+        with self.lock:
+            self._integrate()
+            if self.powered:
+                self._check_load_limit()
+            self._schedule_tick()
+
+    def _schedule_tick(self) -> None:
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        delay = MAX_TICK
+        rate = self._power / 1000.0 * self.s.tariff / 3600.0   # GBP per lab second
+        if rate > 0:
+            below = [x for x in self._credit_thresholds() if x < self.credit]
+            if below:
+                delay = min(delay, (self.credit - max(below)) / rate + 1e-3)
+        self._tick_handle = self.loop.call_later(max(delay, 1e-3), self._tick)
+
+    # ------------------------------------------------------------------ outages (OUT-1..5)
+    def _supply_lost(self) -> None:
+        t0 = self.clock.now()
+        self.powered = False
+        self.outage_start = t0
+        self.prompt_until = float("-inf")
+        self.power_quality = None
+        self._over_since = None
+        if "misses_flicker" in self.faults:
+            self.loop.call_later(FLICKER_SECONDS, self._late_loss_log, t0)
+        else:
+            self.record("supply_lost", 0x8F57, outage_start=t0)
+        if "no_outage_alert" not in self.faults:
+            period = EARLY_ALERT_PERIOD if "early_outage_alert" in self.faults else self.s.outage_alert_period
+            # last gasp: sent on the energy left in the meter's supply capacitor
+            self.raise_alert(0x8F57, outage_start=t0, alert_after=period, last_gasp=True)
+        self.event("power", powered=False)
+
+    def _late_loss_log(self, t0: float) -> None:
+        with self.lock:
+            if not self.powered and self.outage_start == t0:
+                self.record("supply_lost", 0x8F57, outage_start=t0)
+
+    def _supply_restored(self) -> None:
+        t1 = self.clock.now()
+        self.powered = True
+        t0 = self.outage_start if self.outage_start is not None else t1
+        self.outage_start = None
+        duration = t1 - t0
+        long = duration >= self.s.outage_alert_period
+        self.last_outage = {"start": t0, "end": t1, "duration": duration}
+        if "reenables_after_mains_return" in self.faults and self.supply != "enabled":
+            self.disabled_by.clear()
+            self._set_supply("enabled", "mains returned")
+        self._drive_contactor()
+        self.event("power", powered=True, outage=duration)
+        if "misses_flicker" in self.faults and duration < FLICKER_SECONDS:
+            return
+        code = 0x8F36 if long else 0x8F35
+        self.record("supply_restored", code, outage_start=t0, duration=duration)
+        if "no_restore_alert" not in self.faults:
+            self.raise_alert(code, outage_start=t0, duration=duration)
+
+    def _check_power_quality(self) -> None:
+        if "no_power_quality_alerts" in self.faults:
+            return
+        v = self.physics.line_voltage()
+        now = "sag" if SUPPLY_PRESENT_V <= v < self.s.voltage_sag_threshold else \
+              "swell" if v > self.s.voltage_swell_threshold else None
+        if now == self.power_quality:
+            return
+        before, self.power_quality = self.power_quality, now
+        if before == "sag":
+            self.record("voltage_sag_end", 0x8099, voltage=v)
+            self.raise_alert(0x8099, voltage=v)
+        elif before == "swell":
+            self.record("voltage_swell_end", 0x8091, voltage=v)
+            self.raise_alert(0x8091, voltage=v)
+        if now == "sag":
+            self.record("voltage_sag", 0x802C, voltage=v, threshold=self.s.voltage_sag_threshold)
+            self.raise_alert(0x802C, voltage=v, threshold=self.s.voltage_sag_threshold)
+        elif now == "swell":
+            self.record("voltage_swell", 0x8024, voltage=v, threshold=self.s.voltage_swell_threshold)
+            self.raise_alert(0x8024, voltage=v, threshold=self.s.voltage_swell_threshold)
+
+    # ------------------------------------------------------------------ load limit (SUP-9)
+    def _check_load_limit(self) -> None:
+        if not self.load_limit_kw or self.supply != "enabled":
+            self._over_since = None
+            return
+        over = self._power > self.load_limit_kw * 1000.0
+        if over and self._over_since is None:
+            self._over_since = self.clock.now()
+            self.record("load_limit_exceeded", 0x8F01, power=self._power, threshold_kw=self.load_limit_kw)
+            self.raise_alert(0x8F01, power=self._power, threshold_kw=self.load_limit_kw)
+            self._ll_handle = self.loop.call_later(self.load_limit_period, self._load_limit_due)
+        elif not over and self._over_since is not None:
+            self._over_since = None
+            if self._ll_handle is not None:
+                self._ll_handle.cancel()
+
+    def _load_limit_due(self) -> None:
+        with self.lock:
+            self._integrate()
+            if self._over_since is None or self.supply != "enabled":
+                return
+            self._over_since = None
+            self._set_supply("armed", "load limit", arm_cause="load_limit", power=self._power,
+                             threshold_kw=self.load_limit_kw)
+            self.raise_alert(0x8F33, threshold_kw=self.load_limit_kw)
+            self.loop.call_later(self.load_limit_period, self._load_limit_restore)
+
+    def _load_limit_restore(self) -> None:
+        with self.lock:
+            if self.supply == "armed" and self.arm_cause == "load_limit" and self.powered:
+                self._set_supply("enabled", "load limit restoration period")
+                self.raise_alert(0x8F34)
+
+    # ------------------------------------------------------------------ prepayment (SUP-5)
+    def _credit_thresholds(self) -> list[float]:
+        out = [self.s.low_credit_threshold, 0.0]
+        if self.ec_state == "in_use":
+            out.append(-self.s.emergency_credit)
+        return out
+
+    def _check_credit(self) -> None:
+        c = self.credit
+        if c < self.s.low_credit_threshold and not self.low_credit:
+            self.low_credit = True
+            self.record("low_credit", 0x810D, credit=round(c, 2))
+            self.raise_alert(0x810D, credit=round(c, 2))
+        elif c >= self.s.low_credit_threshold:
+            self.low_credit = False
+        if c <= self.s.low_credit_threshold and self.ec_state == "not_available" and self.s.emergency_credit > 0:
+            self.ec_state = "available"
+            self.record("emergency_credit_available", 0x8119)
+            self.raise_alert(0x8119)
+        if c > 0 and self.ec_state == "in_use":
+            self.ec_state = "not_available"  # emergency credit repaid
+        floor = -self.s.emergency_credit if self.ec_state == "in_use" else 0.0
+        if c <= floor and "credit" not in self.disabled_by:
+            if self.ec_state == "in_use":
+                self.ec_state = "exhausted"
+                self.record("emergency_credit_exhausted", 0x81AA)
+                self.raise_alert(0x81AA)
+            self.disabled_by.add("credit")
+            self.record("credit_exhausted", 0x8F0F, credit=round(c, 2))
+            self.raise_alert(0x8F0F, credit=round(c, 2))
+            self._set_supply("disabled", "credit exhausted")
+
+    def _lift_credit_disablement(self, cause: str, alert: int = 0x8F32) -> None:
+        floor = -self.s.emergency_credit if self.ec_state == "in_use" else 0.0
+        if "credit" in self.disabled_by and self.credit > floor:
+            self.disabled_by.discard("credit")
+            if not self.disabled_by and self.supply == "disabled":
+                self._set_supply("armed", cause, arm_cause="credit")
+                self.raise_alert(alert)
+
+    def _activate_emergency_credit(self, via: str) -> tuple[bool, str]:
+        self._integrate()
+        if self.ec_state != "available":
+            return False, f"emergency credit is {self.ec_state.replace('_', ' ')}"
+        self.ec_state = "in_use"
+        self.record("emergency_credit_activated", 0x81AB, via=via)
+        self.raise_alert(0x81AB, via=via)
+        self._lift_credit_disablement("emergency credit activated", alert=0x8168)
+        self._schedule_tick()
+        self.publish()
+        return True, "emergency credit in use"
+
+    def _top_up(self, code: str, via: str) -> tuple[zcl.TopUpResult, float, str]:
+        self._integrate()
+        try:
+            pence, _counter = zcl.read_utrn(self.utrn_key, self.cfg.id, code)
+        except zcl.UtrnError as exc:
+            self.record("utrn_rejected", exc.alert, via=via, reason=str(exc))
+            self.raise_alert(exc.alert, via=via)
+            return zcl.TopUpResult.Rejected_Invalid_Top_Up, 0.0, str(exc)
+        if code in self.used_utrns and "utrn_reuse" not in self.faults:
+            self.record("utrn_rejected", 0x8F51, via=via, reason="duplicate UTRN")
+            self.raise_alert(0x8F51, via=via)
+            return zcl.TopUpResult.Rejected_Duplicate_Top_Up, 0.0, "UTRN already used (SUP-5)"
+        self.used_utrns.add(code)
+        amount = pence / 100.0
+        self.credit += amount
+        self.total_credit_added += amount
+        self.record("credit_added", 0x810E, via=via, amount=amount, credit=round(self.credit, 2))
+        self.raise_alert(0x810E, amount=amount)
+        self._check_credit()
+        armed_before = self.supply == "armed"
+        self._lift_credit_disablement("top-up")
+        self._schedule_tick()
+        self.publish()
+        result = zcl.TopUpResult.Accepted_Supply_Armed if self.supply == "armed" and not armed_before \
+            else zcl.TopUpResult.Accepted
+        return result, amount, "accepted"
+
+    # ------------------------------------------------------------------ local enable (SUP-2, SUP-7)
+    def _local_enable(self, via: str) -> tuple[bool, str]:
+        if self.supply == "enabled":
+            return False, "supply is already enabled"
+        if self.supply == "disabled" and "skips_arm" not in self.faults:
+            why = f"supply is disabled by {', '.join(sorted(self.disabled_by)) or 'a party'}, not armed"
+            self.record("local_enable_refused", via=via, reason=why)
+            return False, why
+        self.disabled_by.clear()
+        self._set_supply("enabled", f"local action ({via})")
+        return True, "supply enabled"
+
+    def _require_power(self) -> None:
+        if not self.powered:
+            raise Refused(f"{self.name} has no supply: its display is dark and its buttons do nothing")
+
+    def _press(self, args: PressArgs, _ctx: CommandContext) -> dict:
+        self._require_power()
+        with self.lock:
+            if args.button == "enable":
+                self.prompt_until = self.clock.now() + PROMPT_SECONDS
+                self.record("button", button="enable", action="press")
+                self.publish()
+                return {"display": self.display(), "prompt_until": self.prompt_until}
+            if args.button == "emergency_credit":
+                ok, why = self._activate_emergency_credit("meter button")
+                self.raise_alert(0x8161 if ok else 0x8162, input="emergency_credit")
+                return {"actioned": ok, "reason": why, "display": self.display()}
+            self.page = (self.page + 1) % 4
+            self.publish()
+            return {"display": self.display()}
+
+    def _hold(self, args: HoldArgs, _ctx: CommandContext) -> dict:
+        self._require_power()
+        start = self.clock.now()
+        with self.lock:
+            prompt = self.prompt_until >= start and args.button == "enable"
+            self.record("button", button=args.button, action="hold", seconds=args.seconds)
+        self.clock.sleep(args.seconds)   # the person holds the button for this long
+        released = self.clock.now()
+        with self.lock:
+            if not self.powered:
+                return {"actioned": False, "reason": "supply lost during the hold", "supply": self.supply}
+            if args.button != "enable":
+                return {"actioned": False, "reason": f"holding '{args.button}' does nothing", "supply": self.supply}
+            if not prompt:
+                why = "hold without the enable prompt: press 'enable' first (SUP-7)"
+                self.record("local_enable_refused", via="meter button", reason=why)
+                self.raise_alert(0x8162, input="enable")
+                return {"actioned": False, "reason": why, "supply": self.supply}
+            if args.seconds < self.s.hold_time:
+                why = f"held {args.seconds:g} s, less than the {self.s.hold_time:g} s needed (SUP-7)"
+                self.record("local_enable_refused", via="meter button", reason=why)
+                self.raise_alert(0x8162, input="enable")
+                return {"actioned": False, "reason": why, "supply": self.supply}
+            self.prompt_until = float("-inf")
+            ok, why = self._local_enable("meter button")
+            self.raise_alert(0x8161 if ok else 0x8162, input="enable")
+            return {"actioned": ok, "reason": why, "supply": self.supply, "released": released}
+
+    def _enter_utrn(self, args: UtrnArgs, _ctx: CommandContext) -> dict:
+        self._require_power()
+        with self.lock:
+            result, amount, why = self._top_up(args.code, "meter keypad")
+            return {"result": result.name, "accepted": result.name.startswith("Accepted"), "amount": amount,
+                    "reason": why, "credit": round(self.credit, 2), "supply": self.supply}
+
+    def _event_log(self, args: LogArgs, _ctx: CommandContext) -> dict:
+        with self.lock:
+            entries = [e for e in self.log if (args.since is None or e["ts"] >= args.since)
+                       and (args.event is None or e["event"] == args.event)]
+        return {"entries": entries}
+
+    def _read(self) -> dict:
+        with self.lock:
+            self._integrate()
+            return self.state()
+
+    def optical_registers(self) -> list[tuple[str, str]]:
+        """The meter's IEC 62056-21 data block (for a simulated optical port:
+        ``port.provider = esme.optical_registers``)."""
+        with self.lock:
+            self._integrate()
+            return [
+                ("0.0.0", self.cfg.id.replace(":", "")),
+                ("1.8.0", f"{self.energy_wh / 1000.0:010.3f}*kWh"),
+                ("32.7.0", f"{self.physics.line_voltage() if self.powered else 0.0:05.1f}*V"),
+                ("31.7.0", f"{self.physics.load_current() if self.wired else 0.0:06.2f}*A"),
+                ("14.7.0", f"{self.physics.frequency():05.2f}*Hz"),
+                ("96.3.10", str({"disabled": 0, "enabled": 1, "armed": 2}[self.supply])),
+                ("C.51.0", f"{len(self.log)}"),
+                ("F.F", "00000000"),
+            ]
+
+    def display(self) -> str:
+        if not self.powered:
+            return ""
+        if self.prompt_until >= self.clock.now():
+            return f"ENABLE SUPPLY? HOLD BUTTON {self.s.hold_time:g} s"
+        pages = [f"SUPPLY {self.supply.upper()}", f"CREDIT GBP {self.credit:.2f}",
+                 f"{self.energy_wh / 1000:.3f} kWh", f"{self.physics.line_voltage():.0f} V"]
+        return pages[self.page % len(pages)]
+
+    # ------------------------------------------------------------------ HAN
+    def _who(self, frame: HanFrame) -> str:
+        if self.hub_eui and frame.src_eui == self.hub_eui:
+            return "hub"
+        if self.paired_eui and frame.src_eui == self.paired_eui:
+            return "ppmid"
+        return "han_device"
+
+    def on_frame(self, frame: HanFrame, parsed: zcl.Zcl) -> None:
+        self._integrate()
+        who = self._who(frame)
+        if parsed.general:
+            if parsed.name == "Read_Attributes":
+                self.radio.reply(frame, zcl.read_attributes_response(
+                    parsed.cluster, parsed.requested(), self._attributes(parsed.cluster), tsn=parsed.tsn))
+            elif parsed.name == "Write_Attributes":
+                self._han_function_call(frame, parsed, who)
+            return
+        if parsed.cluster is zcl.Tunneling and parsed.name == "transfer_data" and not parsed.to_client:
+            if who == "hub":
+                self._remote(frame, parsed)
+            return
+        if parsed.cluster is zcl.Prepayment and who == "ppmid" or (
+                parsed.cluster is zcl.Prepayment and "accepts_unpaired_ppmid" in self.faults):
+            self._ppmid_command(frame, parsed, who)
+            return
+        self._han_function_call(frame, parsed, who)
+
+    def _han_function_call(self, frame: HanFrame, parsed: zcl.Zcl, who: str) -> None:
+        """Writes and function calls from HAN devices (CAD, IHD, an unpaired
+        PPMID) are refused: only the WAN may change a meter (HAN-6)."""
+        what = f"{parsed.cluster.__name__}.{parsed.name}"
+        if "accepts_cad_command" in self.faults and parsed.cluster is zcl.Metering \
+                and parsed.name in ("local_change_supply", "change_supply"):
+            status = SUPPLY.get(int(parsed.args.get("proposed_supply_status", 0)), "disabled")
+            self.record("han_command_executed", source=frame.src, command=what)
+            self.disabled_by.clear()
+            self._set_supply(status, f"HAN command from {frame.src}")
+            self.radio.reply(frame, zcl.default_response(parsed.command_id, zcl.Status.SUCCESS, tsn=parsed.tsn))
+            return
+        self.record("han_command_refused", 0x8F3E, source=frame.src, command=what,
+                    reason="HAN devices may read only (HAN-6)")
+        self.raise_alert(0x8F3E, source=frame.src, command=what)
+        reject(self.radio, frame, parsed)
+
+    def _ppmid_command(self, frame: HanFrame, parsed: zcl.Zcl, who: str) -> None:
+        now = self.clock.now()
+        if who != "ppmid" and "accepts_unpaired_ppmid" not in self.faults:
+            self._han_function_call(frame, parsed, who)
+            return
+        if parsed.name == "change_supply":
+            issued = zcl.from_utc(parsed.args["request_date_time"])
+            proposed = int(parsed.args["proposed_supply_status"])
+            ok, why = False, ""
+            if proposed != SUPPLY_CODE["enabled"]:
+                why = "a PPMID may only ask for the supply to be enabled"
+            elif now - issued > self.s.ppmid_command_ttl + 1.0 and "accepts_stale_ppmid" not in self.faults:
+                why = (f"PPMID command pressed {now - issued:.0f} s ago, older than "
+                       f"{self.s.ppmid_command_ttl:g} s: not carried out (property 4)")
+            else:
+                ok, why = self._local_enable(f"PPMID {frame.src}")
+            self.record("ppmid_enable", source=frame.src, accepted=ok, reason=why, pressed=issued,
+                        counter=frame.counter, replayed=frame.replayed)
+            self.raise_alert(0x8154 if ok else 0x8155, command="enable_supply", source=frame.src)
+            self.radio.reply(frame, zcl.command(
+                zcl.Prepayment, "supply_status_response", tsn=parsed.tsn, provider_id=0,
+                implementation_date_time=zcl.to_utc(now), supply_status=SUPPLY_CODE[self.supply]))
+        elif parsed.name == "select_available_emergency_credit":
+            issued = zcl.from_utc(parsed.args["command_issue_date_time"])
+            if now - issued > self.s.ppmid_command_ttl + 1.0 and "accepts_stale_ppmid" not in self.faults:
+                ok, why = False, "stale PPMID command (property 4)"
+            else:
+                ok, why = self._activate_emergency_credit(f"PPMID {frame.src}")
+            self.record("ppmid_emergency_credit", source=frame.src, accepted=ok, reason=why)
+            self.raise_alert(0x8154 if ok else 0x8155, command="emergency_credit", source=frame.src)
+            self.radio.reply(frame, zcl.default_response(
+                parsed.command_id, zcl.Status.SUCCESS if ok else zcl.Status.FAILURE, tsn=parsed.tsn))
+        elif parsed.name == "consumer_top_up":
+            result, amount, why = self._top_up(bytes(parsed.args["top_up_code"]).decode(errors="replace"),
+                                               f"PPMID {frame.src}")
+            self.radio.reply(frame, zcl.command(
+                zcl.Prepayment, "consumer_top_up_response", tsn=parsed.tsn, result_type=result,
+                top_up_value=int(round(amount * 100)), source_of_top_up=zcl.OriginatingDevice.In_Home_Display,
+                credit_remaining=int(round(self.credit * 100))))
+        else:
+            self._han_function_call(frame, parsed, who)
+
+    def _attributes(self, cluster) -> dict[str, Any]:
+        if cluster is zcl.Metering:
+            status = 0
+            if not self.powered:
+                status |= zcl.Metering.MeteringStatus.Power_Failure
+            if not self.reported_closed:
+                status |= zcl.Metering.MeteringStatus.Service_Disconnect_Open
+            if self.power_quality:
+                status |= zcl.Metering.MeteringStatus.Power_Quality
+            return {
+                "current_summ_delivered": int(self.energy_wh),
+                "instantaneous_demand": int(round(self._power)),
+                "supply_status": SUPPLY_CODE[self.supply],
+                "status": status,
+                "unit_of_measure": zcl.Metering.MeteringUnitofMeasure.Kwh_and_Kwh_binary,
+                "multiplier": 1,
+                "divisor": 1000,
+                "metering_device_type": zcl.Metering.MeteringDeviceType.Electric_Metering,
+            }
+        if cluster is zcl.Prepayment:
+            status = 0
+            if self.credit > 0:
+                status |= zcl.CreditStatus.Credit_Ok
+            if self.low_credit:
+                status |= zcl.CreditStatus.Low_Credit
+            if self.s.emergency_credit > 0:
+                status |= zcl.CreditStatus.Emergency_Credit_Enabled
+            if self.ec_state == "available":
+                status |= zcl.CreditStatus.Emergency_Credit_Available
+            if self.ec_state == "in_use":
+                status |= zcl.CreditStatus.Emergency_Credit_In_Use | zcl.CreditStatus.Emergency_Credit_Selected
+            if self.ec_state == "exhausted" or "credit" in self.disabled_by:
+                status |= zcl.CreditStatus.Credit_Exhausted
+            ec_left = self.s.emergency_credit + min(0.0, self.credit) if self.ec_state == "in_use" else \
+                (self.s.emergency_credit if self.ec_state == "available" else 0.0)
+            return {
+                "credit_remaining": int(round(self.credit * 100)),
+                "emergency_credit_remaining": int(round(ec_left * 100)),
+                "credit_status": status,
+                "credit_remaining_timestamp": zcl.to_utc(self.clock.now()),
+                "accumulated_debt": 0,
+                "emergency_credit_limit_allowance": int(round(self.s.emergency_credit * 100)),
+                "low_credit_warning_level": int(round(self.s.low_credit_threshold * 100)),
+                "total_credit_added": int(round(self.total_credit_added * 100)),
+            }
+        if cluster is zcl.LoadLimit:
+            return {"threshold_w": int((self.load_limit_kw or 0) * 1000), "period_s": int(self.load_limit_period),
+                    "active": self.arm_cause == "load_limit"}
+        return {}
+
+    # ------------------------------------------------------------------ remote commands (SUP-1, SEC-1)
+    def _remote(self, frame: HanFrame, parsed: zcl.Zcl) -> None:
+        data = bytes(parsed.args["data"])
+        try:
+            if zcl.tunnel_kind(data) != zcl.TunnelKind.request:
+                return
+            req, _ = zcl.RemoteRequest.deserialize(data)
+        except ValueError as exc:
+            log.info("%s: malformed tunnelled request: %s", self.name, exc)
+            return
+        role = req.role.name
+        inner = b""
+        try:
+            inner = self._remote_checked(req, role)
+            status, reason, requirement = zcl.Status.SUCCESS, "", ""
+        except Outcome as exc:
+            status, reason, requirement = exc.status, exc.reason, exc.requirement
+        resp = zcl.RemoteResponse(kind=zcl.TunnelKind.response, request_id=req.request_id, status=status,
+                                  reason=reason[:250], requirement=requirement, zcl=inner)
+        self.radio.reply(frame, zcl.command(zcl.Tunneling, "transfer_data", tsn=parsed.tsn, to_client=True, tunnel_id=0,
+                                            data=resp.serialize()))
+        self.publish()
+
+    def _remote_checked(self, req: zcl.RemoteRequest, role: str) -> bytes:
+        if not zcl.verify(req, zcl.role_key(self.lab_name, role)):
+            self.record("remote_refused", 0x8F3D, role=role, reason="signature check failed")
+            self.raise_alert(0x8F3D, role=role, request_id=int(req.request_id))
+            raise Outcome("the command's signature does not verify: not carried out", "SEC-1",
+                          zcl.Status.NOT_AUTHORIZED)
+        if str(req.target) != self.cfg.id:
+            raise Outcome(f"command addressed to {req.target}, not to this meter ({self.cfg.id})", "SUP-10")
+        if str(req.premises) != self.s.premises_id and "ignores_premises" not in self.faults:
+            self.record("remote_refused", 0x8F53, role=role, reason="premises mismatch",
+                        premises=str(req.premises))
+            self.raise_alert(0x8F53, role=role, premises=str(req.premises))
+            raise Outcome(f"command for premises {req.premises} but this meter serves {self.s.premises_id}",
+                          "SUP-10", zcl.Status.NOT_AUTHORIZED)
+        if int(req.request_id) in self.requests_seen:
+            self.record("remote_refused", 0x8F3E, role=role, reason="duplicate request id")
+            self.raise_alert(0x8F3E, role=role, request_id=int(req.request_id))
+            raise Outcome(f"request {req.request_id} was already carried out: a replay is refused", "SEC-1",
+                          zcl.Status.NOT_AUTHORIZED)
+        self.requests_seen.add(int(req.request_id))
+        try:
+            cluster = zcl.cluster_by_id(int(req.cluster))
+            cmd = zcl.parse(cluster, bytes(req.zcl))
+        except ValueError as exc:
+            raise Outcome(f"inner command not understood: {exc}") from None
+        allowed = AUTHORITY.get((cluster.__name__, cmd.name), set())
+        if role not in allowed:
+            self.record("remote_refused", 0x8F30, role=role, command=f"{cluster.__name__}.{cmd.name}")
+            self.raise_alert(0x8F30, role=role, command=f"{cluster.__name__}.{cmd.name}")
+            raise Outcome(f"a {role} may not send {cluster.__name__}.{cmd.name} "
+                          f"(allowed: {', '.join(sorted(allowed)) or 'nobody over the WAN'})", "SEC-4",
+                          zcl.Status.NOT_AUTHORIZED)
+        self.record("remote_command", role=role, command=f"{cluster.__name__}.{cmd.name}",
+                    request_id=int(req.request_id))
+        if cmd.name == "Read_Attributes":
+            return zcl.read_attributes_response(cluster, cmd.requested(), self._attributes(cluster), tsn=cmd.tsn)
+        if cluster is zcl.Metering and cmd.name == "change_supply":
+            target = SUPPLY.get(int(cmd.args["proposed_supply_status"]))
+            {"disabled": self._remote_disable, "armed": self._remote_arm,
+             "enabled": self._remote_enable}[target](role)
+            return zcl.command(zcl.Metering, "supply_status_response", tsn=cmd.tsn, provider_id=0,
+                               issuer_event_id=int(cmd.args["issuer_event_id"]),
+                               implementation_date_time=zcl.to_utc(self.clock.now()),
+                               supply_status=SUPPLY_CODE[self.supply])
+        if cluster is zcl.Prepayment and cmd.name == "credit_adjustment":
+            value = int(cmd.args["credit_adjustment_value"]) / 100.0
+            if int(cmd.args["credit_adjustment_type"]) == zcl.CreditAdjustmentType.Absolute:
+                value -= self.credit
+            self.credit += value
+            self.total_credit_added += max(0.0, value)
+            self.record("credit_adjusted", role=role, amount=value, credit=round(self.credit, 2))
+            self._check_credit()
+            self._lift_credit_disablement("credit added remotely")
+            self._schedule_tick()
+            return zcl.default_response(cmd.command_id, zcl.Status.SUCCESS, tsn=cmd.tsn)
+        if cluster is zcl.Prepayment and cmd.name == "select_available_emergency_credit":
+            ok, why = self._activate_emergency_credit(f"remote ({role})")
+            if not ok:
+                raise Outcome(why)
+            return zcl.default_response(cmd.command_id, zcl.Status.SUCCESS, tsn=cmd.tsn)
+        if cluster is zcl.LoadLimit and cmd.name == "Write_Attributes":
+            written = cmd.written()
+            if 0x0000 in written:
+                self.load_limit_kw = (int(written[0x0000]) / 1000.0) or None
+            if 0x0001 in written:
+                self.load_limit_period = float(written[0x0001]) or self.load_limit_period
+            self.record("load_limit_set", role=role, threshold_kw=self.load_limit_kw, period=self.load_limit_period)
+            self._check_load_limit()
+            return zcl.write_attributes_response(zcl.Status.SUCCESS, [], tsn=cmd.tsn)
+        raise Outcome(f"{cluster.__name__}.{cmd.name} is not supported over the WAN")
+
+    def _remote_disable(self, role: str) -> None:
+        self.disabled_by.add(role)
+        if self.supply == "disabled":
+            self.record("supply_disable", role=role, disabled_by=sorted(self.disabled_by), note="already disabled")
+            return
+        self._set_supply("disabled", f"remote disable ({role})")
+
+    def _remote_arm(self, role: str) -> None:
+        if self.supply == "enabled":
+            self.record("remote_arm_refused", role=role, reason="supply is enabled")
+            raise Outcome("supply is enabled: there is nothing to arm (disable it first)", "SUP-1")
+        if self.supply == "armed":
+            return
+        self._lift(role)
+        if self.disabled_by:
+            why = f"supply stays disabled: still disabled by {', '.join(sorted(self.disabled_by))}"
+            self.record("remote_arm_refused", role=role, reason=why, disabled_by=sorted(self.disabled_by))
+            raise Outcome(why + " (SUP-6)", "SUP-6")
+        self._set_supply("armed", f"remote arm ({role})", arm_cause="remote")
+        self.raise_alert(0x8F32, role=role)
+
+    def _remote_enable(self, role: str) -> None:
+        if self.supply == "enabled":
+            return
+        if self.supply == "armed" and "closes_on_remote_enable_when_armed" not in self.faults:
+            why = "supply is armed: only a local action (meter button or paired PPMID) may enable it"
+            self.record("remote_enable_refused", role=role, reason=why, requirement="SUP-2")
+            raise Outcome(why, "SUP-2")
+        if self.supply == "disabled" and self.s.remote_enable == "never":
+            why = "the lab's policy (remote_enable: never) forbids enabling this meter remotely"
+            self.record("remote_enable_refused", role=role, reason=why, requirement="SUP-2")
+            raise Outcome(why, "SUP-2")
+        self._lift(role)
+        if self.disabled_by and self.supply == "disabled":
+            why = f"supply stays disabled: still disabled by {', '.join(sorted(self.disabled_by))}"
+            self.record("remote_enable_refused", role=role, reason=why, requirement="SUP-6")
+            raise Outcome(why + " (SUP-6)", "SUP-6")
+        self.disabled_by.clear()
+        self._set_supply("enabled", f"remote enable ({role})")
+
+    def _lift(self, role: str) -> None:
+        if "dno_overridden_by_supplier" in self.faults and role == "supplier":
+            self.disabled_by -= {"dno", "supplier"}
+        else:
+            self.disabled_by.discard(role)
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        v = self.physics.line_voltage()
+        i = self.physics.load_current() if self.wired else 0.0
+        p = self.physics.load_power() if self.wired else 0.0
+        ec_left = self.s.emergency_credit + min(0.0, self.credit) if self.ec_state == "in_use" else \
+            (self.s.emergency_credit if self.ec_state == "available" else 0.0)
+        return {
+            "summary": f"{self.supply}, contactor {'closed' if self.reported_closed else 'open'}, "
+                       f"GBP {self.credit:.2f}" + ("" if self.powered else ", NO SUPPLY"),
+            "supply": self.supply,
+            "contactor": "closed" if self.reported_closed else "open",
+            "disabled_by": sorted(self.disabled_by),
+            "arm_cause": self.arm_cause,
+            "powered": self.powered,
+            "premises_id": self.s.premises_id,
+            "paired_ppmid": self.paired_ppmid,
+            "metrology": {"voltage": round(v, 2), "current": round(i, 3), "power": round(p, 1),
+                          "frequency": self.physics.frequency(), "energy_kwh": round(self.energy_wh / 1000, 6)},
+            "prepayment": {"credit": round(self.credit, 4), "low_credit": self.low_credit,
+                           "emergency_credit": {"state": self.ec_state, "remaining": round(ec_left, 2),
+                                                "limit": self.s.emergency_credit},
+                           "total_credit_added": round(self.total_credit_added, 2), "tariff": self.s.tariff},
+            "load_limit": {"threshold_kw": self.load_limit_kw, "period": self.load_limit_period,
+                           "over_since": self._over_since, "tripped": self.arm_cause == "load_limit"},
+            "power_quality": self.power_quality,
+            "outage": {"since": self.outage_start} if self.outage_start is not None else None,
+            "last_outage": self.last_outage,
+            "display": self.display(),
+            "log_size": len(self.log),
+        }

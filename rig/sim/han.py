@@ -1,0 +1,711 @@
+"""The simulated HAN: an IEEE 802.15.4 medium at 2.4 GHz and 868 MHz.
+
+The comms hub is the coordinator (HAN-2): every other device joins it, polls
+it on each band it has, and its traffic to another device is routed through
+it (two hops: PPMID -> hub -> ESME).  Every hop of every frame is decided by
+the link budget of :mod:`rig.sim.propagation` at the instant it is sent:
+
+* the RF path between the two devices (``lab.yaml`` ``rf_paths``: premises
+  and attenuator; pairs without a path use the default premises, and the
+  ESME and hub, which sit together in GB installations, 0.5 m and no wall);
+* the attenuator's current setting, read from the physical bench model;
+* CSMA-CA backoff, air time from the band's data rate, and the MAC ACK: an
+  attempt succeeds when the frame and its ACK both arrive, each drawn
+  against the packet error rate; up to ``han.max_retries`` retries with
+  802.15.4 backoff exponents; a receiver drops MAC duplicates (a frame
+  received whose ACK was lost is delivered once);
+* randomness from ``han.seed``: each link draws from its own generator
+  seeded with (seed, sender, receiver, band), so a link's sequence of
+  outcomes repeats run to run for the same sequence of frames.
+
+A link test (:meth:`HanRadio.link_test`, the comms hub's ``link_test`` op)
+sends MAC test frames: real ZCL payloads, one transmission each (no MAC
+retries), acknowledged by the peer's MAC but not passed to its application,
+drawn from their own random stream so that testing a link does not change
+the outcomes of the devices' own traffic.
+
+Frames carry real ZCL payloads (:mod:`rig.sim.zcl`) and the APS security
+frame counter of their originator, which receivers use to drop replays.
+A sniffer keeps the last frame of every pair, so the medium can replay one
+(the replay attack of safety property 4).
+
+Not modelled: collisions between simultaneous frames (one bench's traffic
+is light), interference, frequency agility.
+
+Everything runs on one :class:`EventLoop` thread per bench, in lab time.
+Device code called from the loop (frame handlers) must not block; blocking
+requests (:meth:`HanRadio.request`) are for other threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import logging
+import random
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..clock import LabClock
+from ..config import BenchConfig, HanConfig, Premises
+from . import propagation as prop
+
+log = logging.getLogger(__name__)
+
+#: lab seconds between a device's polls of its parent, per band (ZigBee SE
+#: end devices poll every few seconds; sleepy battery devices far less)
+POLL_PERIOD = 7.5
+#: consecutive failed frames (after retries) before a link counts as down
+LINK_DOWN_AFTER = 3
+#: a coordinator counts a polling child gone when unheard this long (lab s)
+CHILD_TIMEOUT = (LINK_DOWN_AFTER + 1) * POLL_PERIOD
+#: attempts kept per link for the measured packet error rate
+PER_WINDOW = 32
+#: frames a sniffer keeps per pair of devices
+CAPTURE_DEPTH = 32
+#: PSDU octets of a MAC data request (poll)
+POLL_PSDU_OCTETS = 18
+CCA_SYMBOLS = 8
+COLOCATED = Premises(distance_m=0.5, walls=0, floors=0)
+
+
+# ----------------------------------------------------------------------------- event loop
+class Handle:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventLoop:
+    """Callbacks at lab times, run one at a time on one thread.
+
+    ``loop.call_later(180, fn)`` runs ``fn`` after 180 lab seconds (3 wall
+    seconds at clock scale 60); ``call_every`` repeats.  A callback's
+    exception is logged and the loop carries on."""
+
+    def __init__(self, clock: LabClock, name: str = "han-loop"):
+        self.clock = clock
+        self._heap: list[tuple[float, int, Handle, Callable, tuple]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> "EventLoop":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(5)
+
+    @property
+    def on_loop(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def call_at(self, lab_time: float, fn: Callable, *args: Any) -> Handle:
+        h = Handle()
+        with self._cond:
+            heapq.heappush(self._heap, (lab_time, next(self._seq), h, fn, args))
+            self._cond.notify_all()
+        return h
+
+    def call_later(self, lab_seconds: float, fn: Callable, *args: Any) -> Handle:
+        return self.call_at(self.clock.now() + max(0.0, lab_seconds), fn, *args)
+
+    def call_soon(self, fn: Callable, *args: Any) -> Handle:
+        return self.call_at(float("-inf"), fn, *args)
+
+    def call_every(self, period: float, fn: Callable, first: float | None = None) -> Handle:
+        """Run ``fn()`` every ``period`` lab seconds (first after ``first``)."""
+        handle = Handle()
+
+        def tick() -> None:
+            if handle.cancelled:
+                return
+            try:
+                fn()
+            finally:
+                if not handle.cancelled:
+                    inner = self.call_later(period, tick)
+                    handle.inner = inner  # type: ignore[attr-defined]
+
+        self.call_later(period if first is None else first, tick)
+        return handle
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stop:
+                        return
+                    if self._heap:
+                        due = self._heap[0][0]
+                        wait = self.clock.wall_seconds(due - self.clock.now()) if due != float("-inf") else 0.0
+                        if wait <= 0:
+                            _, _, h, fn, args = heapq.heappop(self._heap)
+                            break
+                        self._cond.wait(min(wait, 0.5))
+                    else:
+                        self._cond.wait(0.5)
+            if h.cancelled:
+                continue
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - one device's bug must not stop the HAN
+                log.exception("HAN loop callback %r failed", fn)
+
+
+# ----------------------------------------------------------------------------- frames and links
+@dataclass
+class HanFrame:
+    """An application frame on the HAN (one APS data frame)."""
+
+    src: str                   # originating device name
+    dst: str                   # final destination device name
+    cluster_id: int
+    zcl: bytes
+    counter: int               # originator's APS security frame counter
+    created: float             # lab time the originator built it
+    src_eui: str = ""
+    kind: str = "data"         # "data" or "poll"
+    # filled in on delivery (last hop)
+    band: str | None = None
+    rssi: float | None = None
+    lqi: int | None = None
+    hops: list[str] = field(default_factory=list)
+    replayed: bool = False
+
+    def copy(self) -> "HanFrame":
+        return HanFrame(self.src, self.dst, self.cluster_id, self.zcl, self.counter, self.created,
+                        self.src_eui, self.kind, self.band, self.rssi, self.lqi, list(self.hops), self.replayed)
+
+
+@dataclass
+class LinkState:
+    """What one radio knows of its link to one peer on one band."""
+
+    peer: str
+    band: str
+    up: bool = False
+    rssi: float | None = None
+    lqi: int = 0
+    failures: int = 0                       # consecutive failed frames
+    attempts: deque = field(default_factory=lambda: deque(maxlen=PER_WINDOW))
+    last_change: float = 0.0
+    last_heard: float | None = None
+
+    @property
+    def per(self) -> float | None:
+        if not self.attempts:
+            return None
+        return round(1.0 - sum(self.attempts) / len(self.attempts), 3)
+
+    def report(self) -> dict[str, Any]:
+        return {"rssi": self.rssi, "lqi": self.lqi, "per": self.per, "up": self.up}
+
+
+@dataclass
+class LinkTest:
+    """What a link test counted: test frames sent, acknowledged, and the
+    RSSI/LQI the tester's radio measured on the peer's ACKs."""
+
+    peer: str
+    band: str
+    psdu_octets: int
+    sent: int = 0
+    acked: int = 0
+    rssi_sum: float = 0.0
+    rssi_count: int = 0
+    lqi_sum: int = 0
+    started: float = 0.0
+    finished: float | None = None
+
+    def add(self, acked: bool, rssi: float | None, lqi: int) -> None:
+        self.sent += 1
+        if acked:
+            self.acked += 1
+            self.lqi_sum += lqi
+            if rssi is not None:
+                self.rssi_sum += rssi
+                self.rssi_count += 1
+
+    def report(self) -> dict[str, Any]:
+        """The link test's result as the bus contract gives it (docs/devices.md)."""
+        return {
+            "peer": self.peer, "band": self.band, "frames": self.sent, "acked": self.acked,
+            "per": round(1.0 - self.acked / self.sent, 4) if self.sent else None,
+            "rssi": round(self.rssi_sum / self.rssi_count, 1) if self.rssi_count else None,
+            "lqi": round(self.lqi_sum / self.acked, 1) if self.acked else 0,
+            "psdu_octets": self.psdu_octets, "retries": 0, "method": "mac_single_attempt",
+            "lab_seconds": round((self.finished or self.started) - self.started, 4),
+        }
+
+
+def band_list(band: str) -> list[str]:
+    return ["2.4GHz", "868MHz"] if band == "dual" else [band]
+
+
+# ----------------------------------------------------------------------------- the medium
+class HanMedium:
+    """The shared radio medium of one bench."""
+
+    def __init__(self, han: HanConfig, bench: BenchConfig, attenuation: Callable[[str | None], float],
+                 clock: LabClock, loop: EventLoop):
+        self.han, self.bench, self.clock, self.loop = han, bench, clock, loop
+        self.attenuation = attenuation
+        self.radios: dict[str, "HanRadio"] = {}
+        self._rngs: dict[tuple[str, str, str, str], random.Random] = {}
+        self.captured: dict[tuple[str, str], deque] = {}
+        self.stats: dict[str, dict[str, float]] = {
+            b: {"frames": 0, "delivered": 0, "lost": 0, "attempts": 0, "retries": 0, "air_time": 0.0}
+            for b in han.bands
+        }
+        self.listeners: list[Callable[[str, HanFrame, dict], None]] = []
+
+    def attach(self, radio: "HanRadio") -> None:
+        self.radios[radio.name] = radio
+        radio.medium = self
+
+    @property
+    def coordinator(self) -> "HanRadio | None":
+        return next((r for r in self.radios.values() if r.coordinator), None)
+
+    # -- link budget ------------------------------------------------------------
+    def path(self, a: str, b: str, band: str) -> tuple[Premises, str | None]:
+        """The premises and attenuator between two devices on a band."""
+        for p in self.bench.rf_paths.values():
+            if p.band == band and set(p.between) == {a, b}:
+                return p.premises, p.attenuator
+        kinds = {self.bench.devices[n].kind for n in (a, b) if n in self.bench.devices}
+        if kinds == {"esme", "comms_hub"}:
+            return COLOCATED, None
+        return Premises(), None
+
+    def budget(self, a: str, b: str, band: str) -> prop.LinkBudget:
+        premises, attenuator = self.path(a, b, band)
+        return prop.link_budget(band, self.han.bands[band], premises, self.attenuation(attenuator))
+
+    def _rng(self, a: str, b: str, band: str, stream: str = "") -> random.Random:
+        key = (a, b, band, stream)
+        rng = self._rngs.get(key)
+        if rng is None:
+            suffix = f":{stream}" if stream else ""
+            digest = hashlib.sha256(f"{self.han.seed}:{a}:{b}:{band}{suffix}".encode()).digest()
+            rng = self._rngs[key] = random.Random(int.from_bytes(digest[:8], "big"))
+        return rng
+
+    # -- one hop ----------------------------------------------------------------
+    def transmit(self, sender: "HanRadio", receiver_name: str, band: str, frame: HanFrame,
+                 done: Callable[[bool], None] | None = None, retries: int | None = None,
+                 on_ack: Callable[[bool, float | None, int], None] | None = None) -> None:
+        """Send ``frame`` one hop, with CSMA backoff, ACK and retries; deliver
+        it to the receiver when it arrives and call ``done(acked)`` when the
+        sender knows the outcome.  Must run on the loop.
+
+        ``retries`` overrides ``han.max_retries`` (0: one attempt, as a link
+        test sends); ``on_ack(acked, rssi, lqi)`` is called with ``done``,
+        with the RSSI and LQI the sender's radio measured on the ACK (None
+        and 0 when no ACK came).  Test frames (``kind="test"``) draw from
+        their own random stream and leave the sender's link state alone."""
+        receiver = self.radios.get(receiver_name)
+        bm = self.han.bands[band]
+        budget = self.budget(sender.name, receiver_name, band)
+        test = frame.kind == "test"
+        rng = self._rng(sender.name, receiver_name, band, "test" if test else "")
+        sym = prop.symbol_seconds(bm)
+        sizes = [POLL_PSDU_OCTETS] if frame.kind == "poll" else prop.fragments(len(frame.zcl))
+        listening = receiver is not None and receiver.listening(band)
+        st = self.stats[band]
+        st["frames"] += 1
+        t = 0.0
+        delivered_at: float | None = None
+        acked = True
+        attempts_total = 0
+        for size in sizes:
+            got_fragment = False
+            fragment_acked = False
+            be = prop.MIN_BE
+            for attempt in range((self.han.max_retries if retries is None else max(0, retries)) + 1):
+                attempts_total += 1
+                t += rng.randint(0, 2 ** be - 1) * prop.UNIT_BACKOFF_SYMBOLS * sym + CCA_SYMBOLS * sym
+                air = prop.air_time(bm, size)
+                t += air
+                st["air_time"] += air
+                data_ok = listening and rng.random() >= budget.per(size)
+                ack_ok = data_ok and rng.random() >= budget.per(prop.ACK_PSDU_OCTETS)
+                if not test:
+                    sender.record_attempt(receiver_name, band, ack_ok, budget if ack_ok else None)
+                if data_ok:
+                    got_fragment = True
+                if ack_ok:
+                    t += prop.TURNAROUND_SYMBOLS * sym + prop.air_time(bm, prop.ACK_PSDU_OCTETS)
+                    st["air_time"] += prop.air_time(bm, prop.ACK_PSDU_OCTETS)
+                    fragment_acked = True
+                    break
+                t += prop.ACK_WAIT_SYMBOLS * sym
+                be = min(be + 1, prop.MAX_BE)
+            if not got_fragment:
+                acked = False
+                delivered_at = None
+                break
+            acked = acked and fragment_acked
+            delivered_at = t
+        st["attempts"] += attempts_total
+        st["retries"] += attempts_total - len(sizes)
+        delivered = delivered_at is not None and all(True for _ in sizes)
+        if delivered:
+            st["delivered"] += 1
+            hop = frame.copy()
+            hop.band, hop.rssi, hop.lqi = band, budget.rssi, budget.lqi(sizes[-1])
+            hop.hops.append(sender.name)
+            self.loop.call_later(delivered_at, receiver.receive, hop, sender.name)
+        else:
+            st["lost"] += 1
+        if not test:
+            sender.record_frame(receiver_name, band, acked)
+        if frame.kind == "data" and not frame.replayed:
+            self.captured.setdefault((frame.src, frame.dst), deque(maxlen=CAPTURE_DEPTH)).append(frame)
+        for fn in self.listeners:
+            try:
+                fn("hop", frame, {"from": sender.name, "to": receiver_name, "band": band, "delivered": delivered,
+                                  "acked": acked, "attempts": attempts_total, "rssi": budget.rssi,
+                                  "lqi": budget.lqi(sizes[-1]), "delay": t})
+            except Exception:  # noqa: BLE001
+                log.exception("HAN listener failed")
+        if done is not None:
+            self.loop.call_later(t, done, acked)
+        if on_ack is not None:
+            self.loop.call_later(t, on_ack, acked, budget.rssi if acked else None,
+                                 budget.lqi(prop.ACK_PSDU_OCTETS) if acked else 0)
+
+    def replay(self, src: str, dst: str, cluster: int | None = None, command: int | None = None) -> HanFrame | None:
+        """Re-send the last frame recorded from ``src`` to ``dst`` (of that
+        cluster, and cluster-specific command id), unchanged (same frame
+        counter), as an attacker with a recorder would."""
+        def wanted(f: HanFrame) -> bool:
+            if cluster is not None and f.cluster_id != cluster:
+                return False
+            return command is None or (len(f.zcl) >= 3 and (f.zcl[0] & 0x03) == 1 and f.zcl[2] == command)
+
+        frame = next((f for f in reversed(self.captured.get((src, dst), ())) if wanted(f)), None)
+        radio = self.radios.get(src)
+        if frame is None or radio is None:
+            return None
+        copy = frame.copy()
+        copy.replayed = True
+        self.loop.call_soon(radio.forward, copy)
+        return copy
+
+    def links(self) -> dict[str, dict[str, Any]]:
+        """The current link budget of every joined pair, for the HAN node's state."""
+        out: dict[str, dict[str, Any]] = {}
+        coord = self.coordinator
+        if coord is None:
+            return out
+        for radio in self.radios.values():
+            if radio is coord:
+                continue
+            for band in radio.bands:
+                if band not in coord.bands:
+                    continue
+                b = self.budget(radio.name, coord.name, band)
+                premises, attenuator = self.path(radio.name, coord.name, band)
+                out[f"{radio.name}~{coord.name}@{band}"] = {
+                    "band": band, "attenuator": attenuator, "attenuation_db": b.attenuation_db,
+                    "path_loss_db": round(b.path_loss_db, 1), "rssi": b.rssi, "margin_db": round(b.margin_db, 1),
+                    "lqi": b.lqi(), "per": round(b.per(64), 4),
+                    "link": radio.links[(coord.name, band)].report() if (coord.name, band) in radio.links else None,
+                }
+        return out
+
+
+# ----------------------------------------------------------------------------- a device's radio
+FrameHandler = Callable[[HanFrame], None]
+
+
+class HanRadio:
+    """A device's 802.15.4 radio and ZigBee stack, as far as the rig models it.
+
+    ``radio.send("esme", cluster_id, zcl_bytes)`` routes through the
+    coordinator; ``radio.request(...)`` waits (lab seconds, never on the loop)
+    for the answer with the same ZCL sequence number; ``on_frame`` is called
+    on the loop for every frame addressed to this device that passes the
+    replay check (``accept_replays`` turns the check off: a fault profile)."""
+
+    def __init__(self, name: str, eui64: str, band: str, loop: EventLoop, clock: LabClock,
+                 coordinator: bool = False, poll_period: float | None = POLL_PERIOD,
+                 powered: Callable[[], bool] = lambda: True):
+        self.name, self.eui64, self.loop, self.clock = name, eui64, loop, clock
+        self.bands = band_list(band)
+        self.coordinator = coordinator
+        self.poll_period = poll_period
+        self.powered = powered
+        self.medium: HanMedium | None = None
+        self.on_frame: FrameHandler | None = None
+        self.on_link_change: Callable[[LinkState], None] | None = None
+        self.forward_filter: Callable[[HanFrame], bool] | None = None
+        self.accept_replays = False
+        self.links: dict[tuple[str, str], LinkState] = {}
+        self._counter = 0
+        self._tsn = 0
+        self._counters_seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, int], tuple[threading.Event, list]] = {}
+        self._poll: Handle | None = None
+        self.replays_dropped = 0
+
+    # -- lifecycle --------------------------------------------------------------
+    def start(self) -> None:
+        if not self.coordinator and self.poll_period:
+            self._poll = self.loop.call_every(self.poll_period, self.poll, first=0.05)
+
+    def stop(self) -> None:
+        if self._poll is not None:
+            self._poll.cancel()
+
+    def listening(self, band: str) -> bool:
+        return band in self.bands and self.powered()
+
+    # -- counters ---------------------------------------------------------------
+    def next_tsn(self) -> int:
+        with self._lock:
+            self._tsn = (self._tsn + 1) & 0xFF
+            return self._tsn
+
+    def _next_counter(self) -> int:
+        with self._lock:
+            self._counter += 1
+            return self._counter
+
+    # -- link state -------------------------------------------------------------
+    def link(self, peer: str, band: str) -> LinkState:
+        key = (peer, band)
+        if key not in self.links:
+            self.links[key] = LinkState(peer, band)
+        return self.links[key]
+
+    def record_attempt(self, peer: str, band: str, ok: bool, budget: prop.LinkBudget | None) -> None:
+        ls = self.link(peer, band)
+        ls.attempts.append(1 if ok else 0)
+        if budget is not None:
+            ls.rssi, ls.lqi = budget.rssi, budget.lqi()
+
+    def record_frame(self, peer: str, band: str, acked: bool) -> None:
+        ls = self.link(peer, band)
+        before = ls.up
+        if acked:
+            ls.failures = 0
+            ls.up = True
+        else:
+            ls.failures += 1
+            if ls.failures >= LINK_DOWN_AFTER:
+                ls.up = False
+                ls.lqi = 0
+                ls.rssi = None
+        if ls.up != before:
+            ls.last_change = self.clock.now()
+            if self.on_link_change is not None:
+                self.on_link_change(ls)
+
+    def _heard(self, peer: str, frame: HanFrame) -> None:
+        if frame.band is None:
+            return
+        ls = self.link(peer, frame.band)
+        ls.rssi, ls.lqi = frame.rssi, frame.lqi or 0
+        ls.last_heard = self.clock.now()
+        if self.coordinator and not ls.up:
+            # a coordinator knows a child is there when it hears it
+            ls.up, ls.failures, ls.last_change = True, 0, self.clock.now()
+
+    def parent(self) -> str | None:
+        if self.coordinator or self.medium is None:
+            return None
+        coord = self.medium.coordinator
+        return coord.name if coord is not None else None
+
+    def band_to(self, peer: str) -> str:
+        """The band to use towards a peer.  A device uses the first shared
+        band whose link to its parent is up; the coordinator answers a child
+        on the band it last heard that child on (the child's choice)."""
+        peer_radio = self.medium.radios.get(peer) if self.medium else None
+        shared = [b for b in self.bands if peer_radio is None or b in peer_radio.bands] or self.bands
+        if self.coordinator:
+            now = self.clock.now()
+            heard = [(self.link(peer, b).last_heard, b) for b in shared
+                     if self.link(peer, b).last_heard is not None and now - self.link(peer, b).last_heard < CHILD_TIMEOUT]
+            if heard:
+                return max(heard)[1]
+            return shared[0]
+        for b in shared:
+            if self.link(peer, b).up:
+                return b
+        return shared[0]
+
+    def han_report(self) -> dict[str, dict[str, Any]]:
+        """Per band: the link to the parent (a device) or the weakest joined
+        child (the coordinator), for the device's retained state."""
+        out: dict[str, dict[str, Any]] = {}
+        if self.coordinator:
+            now = self.clock.now()
+            for band in self.bands:
+                children = [ls for (peer, b), ls in list(self.links.items()) if b == band]
+                for ls in children:
+                    if ls.up and ls.last_heard is not None and now - ls.last_heard > CHILD_TIMEOUT \
+                            and self.medium is not None and ls.peer in self.medium.radios \
+                            and self.medium.radios[ls.peer].poll_period:
+                        ls.up = False
+                up = [ls for ls in children if ls.up]
+                worst = min(up, key=lambda ls: ls.lqi) if up else None
+                out[band] = {
+                    "rssi": worst.rssi if worst else None, "lqi": worst.lqi if worst else 0,
+                    "per": worst.per if worst else None, "up": self.powered(),
+                    "joined": sorted(ls.peer for ls in up),
+                }
+            return out
+        parent = self.parent()
+        for band in self.bands:
+            out[band] = self.link(parent, band).report() if parent else {"rssi": None, "lqi": 0, "per": None, "up": False}
+        return out
+
+    # -- sending ----------------------------------------------------------------
+    def poll(self) -> None:
+        """MAC data request to the parent on every band (keeps links measured)."""
+        parent = self.parent()
+        if parent is None or not self.powered() or self.medium is None:
+            return
+        for band in self.bands:
+            f = HanFrame(self.name, parent, 0, b"", 0, self.clock.now(), self.eui64, kind="poll")
+            self.medium.transmit(self, parent, band, f)
+
+    def send(self, dst: str, cluster_id: int, zcl: bytes, done: Callable[[bool], None] | None = None,
+             force: bool = False) -> HanFrame:
+        """Send an application frame to ``dst`` (thread-safe).  ``force``
+        sends even if the device has just lost power: its last gasp."""
+        frame = HanFrame(self.name, dst, cluster_id, zcl, self._next_counter(), self.clock.now(), self.eui64)
+        if self.loop.on_loop:
+            self.forward(frame, done, force)
+        else:
+            self.loop.call_soon(self.forward, frame, done, force)
+        return frame
+
+    def forward(self, frame: HanFrame, done: Callable[[bool], None] | None = None, force: bool = False) -> None:
+        """Put a frame on its next hop (on the loop)."""
+        if self.medium is None or not (force or self.powered()):
+            if done is not None:
+                done(False)
+            return
+        if frame.dst in self.medium.radios and (self.coordinator or frame.dst == self.parent()):
+            nxt = frame.dst
+        else:
+            nxt = self.parent()
+        if nxt is None:
+            if done is not None:
+                done(False)
+            return
+        self.medium.transmit(self, nxt, self.band_to(nxt), frame, done)
+
+    def request(self, dst: str, cluster_id: int, zcl: bytes, tsn: int, timeout: float) -> HanFrame | None:
+        """Send and wait up to ``timeout`` lab seconds for the frame from
+        ``dst`` with the same ZCL sequence number; None if none came."""
+        if self.loop.on_loop:
+            raise RuntimeError("HanRadio.request blocks: call it from a device thread, not the HAN loop")
+        ev = threading.Event()
+        box: list = []
+        with self._lock:
+            self._pending[(dst, tsn)] = (ev, box)
+        self.send(dst, cluster_id, zcl)
+        self.clock.wait_event(ev, timeout)
+        with self._lock:
+            self._pending.pop((dst, tsn), None)
+        return box[0] if box else None
+
+    def link_test(self, peer: str, band: str, frames: int, cluster_id: int, zcl: bytes,
+                  timeout: float) -> LinkTest:
+        """Measure the link to ``peer`` on ``band``: send ``frames`` test
+        frames carrying ``zcl`` one after another, each a single transmission
+        (no MAC retries), and count those the peer's MAC acknowledged.  The
+        packet error rate is then the share of single attempts that failed
+        (frame or ACK lost), as in the 802.15.4 definition of sensitivity.
+
+        Blocks up to ``timeout`` lab seconds (a frame takes a few lab
+        milliseconds): call it from a device thread, never from the loop."""
+        if self.loop.on_loop:
+            raise RuntimeError("HanRadio.link_test blocks: call it from a device thread, not the HAN loop")
+        if self.medium is None:
+            raise RuntimeError(f"{self.name} is not on a HAN medium")
+        psdu = prop.fragments(len(zcl))[0]
+        result = LinkTest(peer, band, psdu, started=self.clock.now())
+        finished = threading.Event()
+        stop = threading.Event()
+
+        def one(index: int) -> None:
+            if index >= frames or stop.is_set() or not self.powered():
+                result.finished = self.clock.now()
+                finished.set()
+                return
+            frame = HanFrame(self.name, peer, cluster_id, zcl, 0, self.clock.now(), self.eui64, kind="test")
+
+            def outcome(acked: bool, rssi: float | None, lqi: int) -> None:
+                result.add(acked, rssi, lqi)
+                one(index + 1)
+
+            self.medium.transmit(self, peer, band, frame, retries=0, on_ack=outcome)
+
+        self.loop.call_soon(one, 0)
+        if not self.clock.wait_event(finished, timeout):
+            stop.set()
+            self.clock.wait_event(finished, 1.0)
+        return result
+
+    def reply(self, to: HanFrame, zcl: bytes) -> None:
+        self.send(to.src, to.cluster_id, zcl)
+
+    # -- receiving --------------------------------------------------------------
+    def receive(self, frame: HanFrame, from_radio: str) -> None:
+        """A frame arrived over one hop (on the loop)."""
+        if not self.powered():
+            return
+        self._heard(from_radio, frame)
+        if frame.kind in ("poll", "test"):
+            return
+        if frame.dst != self.name:
+            if self.coordinator:
+                if self.forward_filter is None or self.forward_filter(frame):
+                    self.forward(frame)
+            return
+        last = self._counters_seen.get(frame.src, 0)
+        if frame.counter <= last and not self.accept_replays:
+            self.replays_dropped += 1
+            log.info("%s dropped a replayed frame from %s (counter %d <= %d)", self.name, frame.src,
+                     frame.counter, last)
+            return
+        self._counters_seen[frame.src] = max(last, frame.counter)
+        if len(frame.zcl) >= 2:
+            key = (frame.src, frame.zcl[1])
+            with self._lock:
+                pending = self._pending.get(key)
+            if pending is not None and _is_answer(frame.zcl):
+                ev, box = pending
+                box.append(frame)
+                ev.set()
+                return
+        if self.on_frame is not None:
+            self.on_frame(frame)
+
+
+def _is_answer(zcl: bytes) -> bool:
+    """Server-to-client frames and general responses answer a request."""
+    fc = zcl[0]
+    direction_to_client = bool(fc & 0x08)
+    general = (fc & 0x03) == 0
+    return direction_to_client or (general and zcl[2] in (0x01, 0x04, 0x0B))

@@ -1,0 +1,248 @@
+"""The simulated PPMID: the prepayment display and buttons on the HAN (SUP-3).
+
+Buttons (bus ops of the device node)::
+
+    press("enable")                 the enable prompt shows
+    hold("enable", 2.5)             held >= the meter's hold_time while the
+                                    prompt shows: send "enable supply"
+    press("emergency_credit")       ask the meter for emergency credit
+    press("utrn", code="0100...")   send a top-up code the consumer typed
+    press("display")                next display page
+
+Each command goes to the paired ESME through the hub as a Prepayment cluster
+frame stamped with the moment of the press (``request_date_time``), and the
+reply says whether it was delivered and what the meter answered.  When the
+HAN link is down the command fails and the display says so: a correct PPMID
+never keeps a press to send later (safety property 4).  Fault
+``queues_presses``: it does, and sends the queued command when the link
+returns.
+
+The display mirrors the meter's prepayment items (credit, emergency credit,
+low credit, supply state), read from the meter every
+:data:`REFRESH_PERIOD` lab seconds; it shows "NO SIGNAL" when the reads fail.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ..bus import CommandContext, Refused
+from . import zcl
+from .devices import Twin
+from .han import HanFrame
+
+log = logging.getLogger(__name__)
+
+REFRESH_PERIOD = 10.0
+PROMPT_SECONDS = 30.0
+#: lab seconds the PPMID waits for the meter's answer
+RESPONSE_TIMEOUT = 10.0
+SUPPLY = {0: "disabled", 1: "armed", 2: "enabled"}
+
+
+class PressArgs(BaseModel):
+    button: Literal["enable", "emergency_credit", "utrn", "display"]
+    code: str | None = Field(None, max_length=40, description="utrn: the 20-digit code")
+
+
+class HoldArgs(BaseModel):
+    button: Literal["enable", "emergency_credit", "utrn", "display"]
+    seconds: float = Field(..., gt=0, le=60)
+
+
+class Ppmid(Twin):
+    kind = "ppmid"
+
+    def __init__(self, world, han, name, cfg):
+        super().__init__(world, han, name, cfg)
+        bench = world.cfg
+        self.meter = cfg.settings.paired_meter or next(
+            (n for n, d in bench.devices.items() if d.kind == "esme"), None)
+        meter_cfg = bench.devices.get(self.meter) if self.meter else None
+        self.hold_time = meter_cfg.settings.hold_time if meter_cfg is not None else 2.0
+        self.prompt_until = float("-inf")
+        self.page = 0
+        self.mirror: dict[str, Any] = {}
+        self.updated: float | None = None
+        self.signal = False
+        self.message = ""
+        self.queue: list[dict[str, Any]] = []
+        self.commands: list[dict[str, Any]] = []
+
+    def serve(self) -> None:
+        self.bus.serve(self.node, "press", self._press, PressArgs)
+        self.bus.serve(self.node, "hold", self._hold, HoldArgs)
+
+    def started(self) -> None:
+        self.every(REFRESH_PERIOD, self._refresh_soon, first=2.0)
+        self.radio.on_link_change = self._link_changed
+
+    # ------------------------------------------------------------------ display mirror (SUP-3)
+    def _refresh_soon(self) -> None:
+        self.background(self.refresh)   # reads wait for their answer: off the HAN loop
+
+    def refresh(self) -> bool:
+        if self.meter is None:
+            return False
+        values: dict[str, Any] = {}
+        for cluster, names in ((zcl.Prepayment, ["credit_remaining", "emergency_credit_remaining", "credit_status"]),
+                               (zcl.Metering, ["supply_status", "instantaneous_demand"])):
+            tsn = self.radio.next_tsn()
+            answer = self.radio.request(self.meter, cluster.cluster_id,
+                                        zcl.read_attributes(cluster, names, tsn=tsn), tsn, RESPONSE_TIMEOUT)
+            if answer is None:
+                with self.lock:
+                    self.signal = False
+                self.publish()
+                return False
+            values.update(zcl.parse(cluster, answer.zcl).attributes())
+        with self.lock:
+            status = int(values.get("credit_status", 0))
+            self.mirror = {
+                "credit": int(values.get("credit_remaining", 0)) / 100.0,
+                "emergency_credit": int(values.get("emergency_credit_remaining", 0)) / 100.0,
+                "low_credit": bool(status & zcl.CreditStatus.Low_Credit),
+                "emergency_credit_available": bool(status & zcl.CreditStatus.Emergency_Credit_Available),
+                "emergency_credit_in_use": bool(status & zcl.CreditStatus.Emergency_Credit_In_Use),
+                "credit_exhausted": bool(status & zcl.CreditStatus.Credit_Exhausted),
+                "supply": SUPPLY.get(int(values.get("supply_status", 2))),
+                "power_w": int(values.get("instantaneous_demand", 0)),
+            }
+            self.updated = self.clock.now()
+            self.signal = True
+        self.publish()
+        return True
+
+    def _link_changed(self, _link) -> None:
+        up = any(self.radio.link(self.radio.parent(), b).up for b in self.radio.bands) if self.radio.parent() else False
+        if up and self.queue:
+            self.background(self._flush_queue)   # fault queues_presses: the kept press goes now
+        self.publish()
+
+    def _flush_queue(self) -> None:
+        with self.lock:
+            queued, self.queue = self.queue, []
+        for cmd in queued:
+            self._send(cmd["what"], cmd["pressed"], cmd.get("code"), queued=True)
+
+    # ------------------------------------------------------------------ buttons
+    def _press(self, args: PressArgs, _ctx: CommandContext) -> dict:
+        now = self.clock.now()
+        if args.button == "enable":
+            with self.lock:
+                self.prompt_until = now + PROMPT_SECONDS
+                self.message = f"HOLD TO ENABLE SUPPLY ({self.hold_time:g} s)"
+            self.publish()
+            return {"display": self.message, "prompt_until": self.prompt_until}
+        if args.button == "display":
+            with self.lock:
+                self.page = (self.page + 1) % 3
+            self.publish()
+            return {"display": self.display()}
+        if args.button == "utrn":
+            if not args.code:
+                raise Refused("press('utrn') needs the code the consumer typed", code="invalid")
+            return self._send("utrn", now, args.code)
+        return self._send("emergency_credit", now)
+
+    def _hold(self, args: HoldArgs, _ctx: CommandContext) -> dict:
+        start = self.clock.now()
+        with self.lock:
+            prompt = args.button == "enable" and self.prompt_until >= start
+        self.clock.sleep(args.seconds)   # the consumer holds the button
+        if args.button != "enable":
+            return {"sent": False, "reason": f"holding '{args.button}' does nothing"}
+        if not prompt:
+            return {"sent": False, "reason": "hold without the enable prompt: press 'enable' first (SUP-7)"}
+        if args.seconds < self.hold_time:
+            return {"sent": False, "reason": f"held {args.seconds:g} s, less than {self.hold_time:g} s (SUP-7)"}
+        with self.lock:
+            self.prompt_until = float("-inf")
+        return self._send("enable", self.clock.now())
+
+    # ------------------------------------------------------------------ commands to the meter
+    def _frame(self, what: str, pressed: float, code: str | None, tsn: int) -> tuple[int, bytes]:
+        if what == "enable":
+            return zcl.Prepayment.cluster_id, zcl.command(
+                zcl.Prepayment, "change_supply", tsn=tsn, provider_id=0, request_date_time=zcl.to_utc(pressed),
+                implementation_date_time=0, proposed_supply_status=zcl.SupplyStatus.Supply_On,
+                originator_id_supply_control_bits=0)
+        if what == "emergency_credit":
+            return zcl.Prepayment.cluster_id, zcl.command(
+                zcl.Prepayment, "select_available_emergency_credit", tsn=tsn,
+                command_issue_date_time=zcl.to_utc(pressed), originating_device=zcl.OriginatingDevice.In_Home_Display)
+        return zcl.Prepayment.cluster_id, zcl.command(
+            zcl.Prepayment, "consumer_top_up", tsn=tsn, originating_device=zcl.OriginatingDevice.In_Home_Display,
+            top_up_code=(code or "").encode())
+
+    def _send(self, what: str, pressed: float, code: str | None = None, queued: bool = False) -> dict:
+        if self.meter is None:
+            raise Refused(f"{self.name} is not paired with a meter (settings.paired_meter)")
+        tsn = self.radio.next_tsn()
+        cluster, frame = self._frame(what, pressed, code, tsn)
+        answer = self.radio.request(self.meter, cluster, frame, tsn, RESPONSE_TIMEOUT)
+        result: dict[str, Any] = {"command": what, "pressed": pressed, "sent_at": self.clock.now(),
+                                  "delivered": answer is not None, "queued_send": queued}
+        if answer is None:
+            result.update(accepted=False, reason="no answer from the meter: HAN link down?")
+            with self.lock:
+                self.message = "COMMAND FAILED - NO SIGNAL"
+                if "queues_presses" in self.faults and not queued:
+                    self.queue.append({"what": what, "pressed": pressed, "code": code})
+                    result["kept_for_later"] = True
+        else:
+            result.update(self._answer(what, answer))
+        with self.lock:
+            self.commands.append(result)
+            del self.commands[:-50]
+        self.event("command", **result)
+        self.publish()
+        return result
+
+    def _answer(self, what: str, answer: HanFrame) -> dict[str, Any]:
+        parsed = zcl.parse(zcl.cluster_by_id(answer.cluster_id), answer.zcl)
+        if parsed.name == "supply_status_response":
+            supply = SUPPLY.get(int(parsed.args["supply_status"]))
+            ok = supply == "enabled"
+            with self.lock:
+                self.message = "SUPPLY ENABLED" if ok else "SUPPLY NOT ENABLED"
+                self.mirror["supply"] = supply
+            return {"accepted": ok, "supply": supply}
+        if parsed.name == "consumer_top_up_response":
+            result = zcl.TopUpResult(parsed.args["result_type"])
+            ok = result.name.startswith("Accepted")
+            with self.lock:
+                self.message = "CREDIT ACCEPTED" if ok else f"CODE REJECTED ({result.name.replace('_', ' ')})"
+                self.mirror["credit"] = int(parsed.args["credit_remaining"]) / 100.0
+            return {"accepted": ok, "result": result.name, "amount": int(parsed.args["top_up_value"]) / 100.0,
+                    "credit": int(parsed.args["credit_remaining"]) / 100.0}
+        status = parsed.args.get("status")
+        ok = status == zcl.Status.SUCCESS
+        with self.lock:
+            self.message = "EMERGENCY CREDIT ON" if ok and what == "emergency_credit" else \
+                ("DONE" if ok else "NOT ACCEPTED")
+        return {"accepted": ok, "status": zcl.Status(status).name if status is not None else None}
+
+    # ------------------------------------------------------------------ state
+    def display(self) -> str:
+        if not self.signal:
+            return "NO SIGNAL"
+        if self.prompt_until >= self.clock.now():
+            return self.message
+        m = self.mirror
+        pages = [f"CREDIT GBP {m.get('credit', 0):.2f}", f"SUPPLY {str(m.get('supply', '?')).upper()}",
+                 f"EMERGENCY GBP {m.get('emergency_credit', 0):.2f}"]
+        return pages[self.page % len(pages)]
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "summary": f"paired with {self.meter}; {self.display()}",
+            "paired_meter": self.meter,
+            "display": {"text": self.display(), "message": self.message, "signal": self.signal,
+                        "updated": self.updated, **self.mirror},
+            "queued": len(self.queue),
+            "last_command": self.commands[-1] if self.commands else None,
+        }

@@ -1,0 +1,122 @@
+"""One bench's simulated world, served as one process (``rig sim --bench``).
+
+It holds what a real bench has physically: the wiring and the physics
+between mains, meter and load (:mod:`rig.sim.physics`), the simulated
+instruments on 127.0.0.1 (:mod:`instruments.sim`), the device twins and the
+simulated HAN medium (:mod:`rig.sim.devices`, :mod:`rig.sim.han`).
+
+The world follows the controller's relays from the bus, as a meter follows
+the mains contactor's contacts, never by importing the agent.  When the
+agent is gone (presence offline) its relays fall to their safe state, as
+the wiring of a real bench makes them (normally-open contacts, pull
+resistors): the model of the hardware fail-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import uuid
+from typing import Any
+
+from ..broker import Endpoint
+from ..bus import Bus
+from ..clock import LabClock
+from ..config import LabConfig
+from ..contract import Node, agent_node
+from ..launch import sim_node
+from .physics import PhysicalBench
+
+log = logging.getLogger(__name__)
+
+
+class World:
+    """The simulated parts of one bench, coupled through one physical model."""
+
+    def __init__(self, lab: LabConfig, bench: str, endpoint: Endpoint, clock: LabClock):
+        self.lab, self.bench_name, self.endpoint, self.clock = lab, bench, endpoint, clock
+        self.cfg = lab.bench(bench)
+        self.node = sim_node(bench)
+        self.bus = Bus(endpoint, client_id=f"sim-{bench}-{uuid.uuid4().hex[:6]}", clock=clock,
+                       presence=self.node, presence_info={"kind": "sim"})
+        w = self.cfg.wiring
+        nominal = 230.0
+        if w.meter and w.meter in self.cfg.devices:
+            nominal = getattr(self.cfg.devices[w.meter].settings, "voltage_nominal", 230.0)
+        self.physics = PhysicalBench(clock, has_source=w.supply is not None, has_relay=w.mains_relay is not None,
+                                     nominal_voltage=nominal)
+        self.parts: list[Any] = []   # started parts, each with .stop()
+        self._relay_state: dict[str, bool] = {}
+        self._agent_online = False
+
+    # ------------------------------------------------------------------ relays -> physics
+    def _follow_relays(self) -> None:
+        relay = self.cfg.wiring.mains_relay
+        if relay is None:
+            return
+        rcfg = self.cfg.relays[relay]
+        self._mains_safe_closed = rcfg.safe_state == "on"
+        node = Node(self.bench_name, "relay", relay)
+        agent = agent_node(self.bench_name)
+
+        def on_relay(_topic: str, payload: Any) -> None:
+            if isinstance(payload, dict) and payload.get("state") in ("on", "off"):
+                self._relay_state[relay] = payload["state"] == "on"
+                self._apply_mains()
+
+        def on_agent(_topic: str, payload: Any) -> None:
+            self._agent_online = bool(isinstance(payload, dict) and payload.get("online"))
+            self._apply_mains()
+
+        self.bus.subscribe(node.state, on_relay)
+        self.bus.subscribe(agent.presence, on_agent)
+
+    def _apply_mains(self) -> None:
+        relay = self.cfg.wiring.mains_relay
+        closed = self._relay_state.get(relay, self._mains_safe_closed) if self._agent_online else self._mains_safe_closed
+        if closed != self.physics.mains_relay:
+            log.info("mains relay %s %s", relay, "closed" if closed else "open")
+            self.physics.set_mains_relay(closed)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "World":
+        self.bus.connect(announce=False)
+        self._follow_relays()
+        from instruments.sim import start_simulated_instruments
+        from .devices import start_devices
+
+        self.parts += start_simulated_instruments(self)
+        self.parts += start_devices(self)
+        self.bus.publish_state(self.node, {"physics": self.physics.describe()})
+        self.physics.listen(lambda _what: self._publish_physics())
+        self.bus.announce()
+        log.info("simulated world for %s up: %d parts", self.bench_name, len(self.parts))
+        return self
+
+    def _publish_physics(self) -> None:
+        if self.bus.connected:
+            self.bus.publish_state(self.node, {"physics": self.physics.describe()})
+
+    def stop(self) -> None:
+        for part in reversed(self.parts):
+            try:
+                part.stop()
+            except Exception:  # noqa: BLE001 - stop the rest
+                log.exception("stopping %r", part)
+        self.parts.clear()
+        self.bus.close()
+
+    def __enter__(self) -> "World":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def run(self) -> None:
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        with self:
+            while not stop.wait(1.0):
+                pass
