@@ -425,11 +425,15 @@ def selftest(
     Runs each check on the healthy lab (it must pass), then brings the lab up with
     each fault profile its checks name (detects) and runs them (each must fail).
     Writes a sealed run folder; exits non-zero if any check cannot be shown to fail."""
-    from .selftest import run_selftest
+    from .selftest import CollectionError, run_selftest
 
     load(lab)
-    code = run_selftest(lab, bench=bench, trials=trials, only_fault=fault, results_dir=results, console=console,
-                        jobs=jobs)
+    try:
+        code = run_selftest(lab, bench=bench, trials=trials, only_fault=fault, results_dir=results, console=console,
+                            jobs=jobs)
+    except CollectionError as exc:
+        console.print(f"[red]self-test cannot run:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     raise typer.Exit(code)
 
 

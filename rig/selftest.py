@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import os
 import subprocess
 import sys
@@ -57,7 +58,7 @@ class Check:
     safety: list[int]
 
 
-@dataclass
+@dataclass(eq=False)  # pytest keeps plugin objects in sets: they must stay hashable
 class Collected:
     """A pytest plugin object that records each collected check's markers."""
 
@@ -100,10 +101,18 @@ def _pytest_args(ini: Path) -> list[str]:
     return _files() + ["-c", str(ini), "--rootdir", str(SUITES_DIR), "-p", "no:cacheprovider", "-rfE"]
 
 
+class CollectionError(RuntimeError):
+    """The suites could not be collected: the self-test would prove nothing."""
+
+
 def collect(lab_path: Path, ini: Path) -> dict[str, Check]:
     plugin = Collected()
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        pytest.main(_pytest_args(ini) + ["--collect-only", "--lab", str(lab_path)], plugins=[plugin])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = pytest.main(_pytest_args(ini) + ["--collect-only", "--lab", str(lab_path)], plugins=[plugin])
+    if code != 0 or not plugin.checks:
+        raise CollectionError(f"collecting the {', '.join(CHECKED_SUITES)} suites failed (pytest exit {int(code)}, "
+                              f"{len(plugin.checks)} checks found):\n{out.getvalue()[-3000:]}")
     return plugin.checks
 
 
@@ -176,8 +185,6 @@ def run_selftest(lab_path: Path, bench: str | None = None, trials: int = 2, only
     cfg = load_lab_text(base_text, str(lab_path))
     bench = bench or next(iter(cfg.benches))
     base = yaml.safe_load(base_text)
-    run_dir = new_run_dir(Path(results_dir or cfg.lab.results.dir))
-    console.print(f"self-test run folder: {run_dir}")
     with tempfile.TemporaryDirectory(prefix="rig-selftest-") as tmp:
         tmpdir = Path(tmp)
         ini = tmpdir / "pytest.ini"
@@ -185,6 +192,11 @@ def run_selftest(lab_path: Path, bench: str | None = None, trials: int = 2, only
         healthy_path = tmpdir / "healthy.yaml"
         healthy_path.write_text(lab_text(base, bench, trials))
         checks = {k: c for k, c in collect(healthy_path, ini).items() if c.detects or c.safety}
+        if not checks:
+            raise CollectionError(f"no check in the {', '.join(CHECKED_SUITES)} suites names a fault or a safety "
+                                  "property: nothing to self-test")
+        run_dir = new_run_dir(Path(results_dir or cfg.lab.results.dir))
+        console.print(f"self-test run folder: {run_dir}")
         faults = sorted({f for c in checks.values() for f in c.detects})
         if only_fault:
             faults = [f for f in faults if f == only_fault]

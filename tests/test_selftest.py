@@ -8,7 +8,9 @@ import sys
 
 from rig.config import load_lab
 from rig.faults import BREAKS
-from rig.selftest import Check, parts, record_results
+import pytest
+
+from rig.selftest import Check, CollectionError, collect, lab_text, parts, record_results
 
 from conftest import ROOT
 
@@ -40,6 +42,28 @@ def test_every_check_fails_against_its_fault_and_passes_healthy(tmp_path):
     assert pack.returncode == 0, pack.stdout + pack.stderr
     html = (tmp_path / "pack.html").read_text()
     assert "self-test run" in html and "checks unproven" not in html
+
+
+def test_collection_finds_the_checks_in_process(tmp_path):
+    """The self-test collects the suites with pytest.main in its own process:
+    a plugin object pytest cannot keep (unhashable) once made it collect 0
+    checks and report success."""
+    import yaml
+    ini = tmp_path / "pytest.ini"
+    ini.write_text("[pytest]\n")
+    lab = tmp_path / "healthy.yaml"
+    lab.write_text(lab_text(yaml.safe_load((ROOT / "lab.yaml").read_text()), "bench-1", 2))
+    checks = collect(lab, ini)
+    assert len([c for c in checks.values() if c.detects]) >= 15
+
+
+def test_a_collection_that_fails_is_an_error_not_an_empty_pass(tmp_path, monkeypatch):
+    import rig.selftest
+    monkeypatch.setattr(rig.selftest, "_files", lambda: [str(tmp_path / "test_missing_suite.py")])
+    ini = tmp_path / "pytest.ini"
+    ini.write_text("[pytest]\n")
+    with pytest.raises(CollectionError, match="pytest exit 4"):
+        collect(ROOT / "lab.yaml", ini)
 
 
 class _Recorder:

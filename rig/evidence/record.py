@@ -208,7 +208,7 @@ class RecordWriter:
         self.snapshot_interval = snapshot_interval
         self.record = empty_record(self.run_dir.name)
         self._lock = threading.RLock()
-        self._last_snapshot = 0.0
+        self._last_snapshot = float("-inf")  # the first boundary always writes run.json (not "uptime > interval")
         self._dirty = False
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._journal = open(self.journal_path, "a", encoding="utf-8", buffering=1)
