@@ -43,6 +43,8 @@ def store_url(request, tmp_path):
         return f"sqlite:///{tmp_path / 'history.sqlite'}"
     url = os.environ.get("RIG_TEST_POSTGRES_URL")
     if not url:
+        if os.environ.get("RIG_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is required here (RIG_REQUIRE_POSTGRES=1) but RIG_TEST_POSTGRES_URL is not set")
         pytest.skip("no PostgreSQL to test on (set RIG_TEST_POSTGRES_URL)")
     psycopg = pytest.importorskip("psycopg")
     with psycopg.connect(url, autocommit=True) as conn:
