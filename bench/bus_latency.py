@@ -70,85 +70,99 @@ c.loop_forever()
 """
 
 
-def bare_round_trip(host: str, port: int, n: int, warmup: int) -> list[float]:
-    echo = subprocess.Popen([sys.executable, "-c", ECHO, host, str(port)], stdout=subprocess.PIPE, text=True)
-    assert echo.stdout.readline().strip() == "ready"
-    ping = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bare-ping", protocol=mqtt.MQTTv311)
-    got = threading.Event()
-    subscribed = threading.Event()
-    ping.on_socket_open = nodelay
-    ping.on_message = lambda c, u, m: got.set()
-    ping.on_subscribe = lambda *a: subscribed.set()
-    ping.on_connect = lambda cl, u, f, rc, p: cl.subscribe("bench/pong", qos=1)
-    ping.connect(host, port)
-    ping.loop_start()
-    subscribed.wait(10)
-    payload = b'{"id":"0123456789abcdef0123456789abcdef","args":{"state":"on"}}'
-    samples = []
-    for i in range(n + warmup):
-        got.clear()
+class BarePath:
+    """A paho client and an echo process: one bare round trip per call."""
+
+    def __init__(self, host: str, port: int):
+        self.echo = subprocess.Popen([sys.executable, "-c", ECHO, host, str(port)], stdout=subprocess.PIPE, text=True)
+        assert self.echo.stdout.readline().strip() == "ready"
+        self.ping = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bare-ping", protocol=mqtt.MQTTv311)
+        self.got = threading.Event()
+        subscribed = threading.Event()
+        self.ping.on_socket_open = nodelay
+        self.ping.on_message = lambda c, u, m: self.got.set()
+        self.ping.on_subscribe = lambda *a: subscribed.set()
+        self.ping.on_connect = lambda cl, u, f, rc, p: cl.subscribe("bench/pong", qos=1)
+        self.ping.connect(host, port)
+        self.ping.loop_start()
+        if not subscribed.wait(10):
+            raise RuntimeError("bare client did not subscribe")
+        self.payload = b'{"id":"0123456789abcdef0123456789abcdef","args":{"state":"on"}}'
+
+    def round_trip(self) -> float:
+        self.got.clear()
         t0 = time.perf_counter()
-        ping.publish("bench/ping", payload, qos=1)
-        if not got.wait(5):
+        self.ping.publish("bench/ping", self.payload, qos=1)
+        if not self.got.wait(5):
             raise RuntimeError("bare echo lost a message")
-        if i >= warmup:
-            samples.append(time.perf_counter() - t0)
-    ping.loop_stop()
-    ping.disconnect()
-    echo.terminate()
-    echo.wait()
-    return samples
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.ping.loop_stop()
+        self.ping.disconnect()
+        self.echo.terminate()
+        self.echo.wait()
 
 
-def rig_round_trip(endpoint, n: int, warmup: int) -> list[float]:
-    lab_cfg = load_lab_text(LAB, "bench-latency.yaml")
-    samples = []
-    with tempfile.TemporaryDirectory() as tmp:
-        lab_file = Path(tmp) / "lab.yaml"
+class RigPath:
+    """``rig agent`` in its own process and an orchestrator holding the
+    bench's lease: one relay command round trip per call."""
+
+    def __init__(self, endpoint, tmp: Path):
+        lab_cfg = load_lab_text(LAB, "bench-latency.yaml")
+        lab_file = tmp / "lab.yaml"
         lab_file.write_text(LAB)
         env = dict(os.environ, RIG_BROKER_URL=endpoint.url)
-        agent = subprocess.Popen([sys.executable, "-m", "rig", "agent", "--bench", "bench-1", "--lab", str(lab_file)],
-                                 env=env)
-        lab = Lab.open(lab_cfg, endpoint=endpoint)
-        presence = lab.bus.watch(agent_node("bench-1").presence)
+        self.agent = subprocess.Popen([sys.executable, "-m", "rig", "agent", "--bench", "bench-1", "--lab",
+                                       str(lab_file)], env=env)
+        self.lab = Lab.open(lab_cfg, endpoint=endpoint)
+        presence = self.lab.bus.watch(agent_node("bench-1").presence)
         if not presence.wait_for(lambda p: p.get("online"), 20):
+            self.close()
             raise RuntimeError("agent did not come online")
-        try:
-            bench = lab.bench("bench-1")
-            node = Node("bench-1", "relay", "mains")
-            for i in range(n + warmup):
-                t0 = time.perf_counter()
-                bench.request(node, "set", {"state": "on" if i % 2 == 0 else "off"})
-                if i >= warmup:
-                    samples.append(time.perf_counter() - t0)
-        finally:
-            lab.close()
-            agent.terminate()
-            agent.wait()
-    return samples
+        self.bench = self.lab.bench("bench-1")
+        self.node = Node("bench-1", "relay", "mains")
+        self.i = 0
+
+    def round_trip(self) -> float:
+        self.i += 1
+        t0 = time.perf_counter()
+        self.bench.request(self.node, "set", {"state": "on" if self.i % 2 else "off"})
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.lab.close()
+        self.agent.terminate()
+        self.agent.wait()
 
 
 def measure(kind: str, n: int, warmup: int) -> None:
-    with Broker.start(BrokerConfig(kind=kind, port=0)) as ep:
-        # interleave the two so that machine noise hits both alike
-        bare, rig = [], []
-        rounds = 4
-        for _ in range(rounds):
-            bare += bare_round_trip(ep.host, ep.port, n // rounds, warmup)
-            rig += rig_round_trip(ep, n // rounds, warmup)
+    with Broker.start(BrokerConfig(kind=kind, port=0)) as ep, tempfile.TemporaryDirectory() as tmp:
+        bare_path, rig_path = BarePath(ep.host, ep.port), RigPath(ep, Path(tmp))
+        try:
+            # alternate single round trips, so that machine noise hits both paths alike
+            bare, rig = [], []
+            for i in range(n + warmup):
+                b, r = bare_path.round_trip(), rig_path.round_trip()
+                if i >= warmup:
+                    bare.append(b)
+                    rig.append(r)
+        finally:
+            rig_path.close()
+            bare_path.close()
     b50, b99, bmean = percentiles(bare)
     r50, r99, rmean = percentiles(rig)
     print(f"{kind:>9}  bare paho round trip  p50 {b50:6.3f} ms  p99 {b99:6.3f} ms  mean {bmean:6.3f} ms  (n={len(bare)})")
     print(f"{kind:>9}  rig command round trip p50 {r50:6.3f} ms  p99 {r99:6.3f} ms  mean {rmean:6.3f} ms  (n={len(rig)})")
     verdict = "within" if r50 <= 1.5 * b50 else "OVER"
     print(f"{kind:>9}  rig adds {100 * (r50 / b50 - 1):+.0f}% at p50, {100 * (r99 / b99 - 1):+.0f}% at p99 "
-          f"({verdict} the +50% target at p50)")
+          f"({verdict} the +50% target at p50)", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000, help="round trips per path (default 2000)")
-    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=200, help="round trips per path not counted (default 200)")
     ap.add_argument("--broker", choices=["amqtt", "mosquitto", "both"], default="both")
     args = ap.parse_args()
     kinds = ["amqtt", "mosquitto"] if args.broker == "both" else [args.broker]

@@ -565,8 +565,22 @@ class Bus:
             self._remember(cmd.id, self._send_reply(cmd.reply_to, cmd.id, result, None))
         finally:
             self._defer.items = None
+        if held:
+            self._write_now()
         for topic, data, retain, qos in held:
             self._send(topic, data, retain, qos)
+
+    def _write_now(self) -> None:
+        """On the network thread (an inline handler), put the queued reply on
+        the wire before the handler's side effects are encoded and queued,
+        instead of after the callback returns: the caller waits on the reply,
+        nobody waits on the state.  paho's loop_write is the network thread's
+        own write step; it is only called from that thread, and never with an
+        on_publish callback set (paho would take its callback lock, which the
+        running on_message holds)."""
+        client = self._client
+        if threading.current_thread() is getattr(client, "_thread", None) and client.on_publish is None:
+            client.loop_write()
 
     def _reply_error(self, cmd: Command, code: str, message: str, requirement: str | None = None) -> None:
         log.info("%s refused %s: %s", cmd.sender, code, message)

@@ -88,10 +88,11 @@ class Relay:
         return self._device.pin
 
     def state(self) -> dict:
+        on = self.is_on   # one read of the pin: state and safe agree
         return {
-            "state": "on" if self.is_on else "off",
+            "state": "on" if on else "off",
             "safe_state": self.cfg.safe_state,
-            "safe": self.is_safe,
+            "safe": on == self.safe_on,
             "changed": self.last_change,
             "reason": self.reason,
             "min_interval": self.cfg.min_interval,
