@@ -19,6 +19,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text  # test ids are text: a parametrised id's [armed] is not rich markup
 
 console = Console()
 if not console.is_terminal:  # logs and CI: do not squeeze test ids into 80 columns
@@ -191,7 +192,7 @@ def history(
         for col in ("test", "before", "now"):
             t.add_column(col)
         for c in changes:
-            t.add_row(c["nodeid"], _MARK.get(c["before"], c["before"] or "—") + f" {c['before'] or 'not run'}",
+            t.add_row(Text(c["nodeid"]), _MARK.get(c["before"], c["before"] or "—") + f" {c['before'] or 'not run'}",
                       _MARK.get(c["now"], c["now"] or "—") + f" {c['now'] or 'not run'}")
         console.print(t)
 
@@ -236,7 +237,7 @@ def _print_trends(trends: list[Any], nruns: int) -> None:
     for tr in trends:
         rate = "—" if tr.pass_rate is None else f"{tr.pass_rate:.0%} ({tr.passed}/{tr.runs})"
         last = next((d for d in reversed(tr.durations) if d is not None), None)
-        t.add_row(tr.nodeid, rate, "".join(_MARK.get(v, "?") for v in tr.verdicts), _spark(tr.durations),
+        t.add_row(Text(tr.nodeid), rate, "".join(_MARK.get(v, "?") for v in tr.verdicts), _spark(tr.durations),
                   "—" if last is None else f"{last:.2f}",
                   "[red]FLAKY[/red] (same software and firmware)" if tr.flaky else "")
     console.print(t)

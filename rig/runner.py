@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from rich.markup import escape
 
 from .config import LabConfig, UnknownPart
 from .launch import LabUp, lab_is_up
@@ -72,8 +73,9 @@ def explain_failures(run_dir: Path, console: Console) -> None:
         reason = (test.get("failure") or {}).get("message", "") if isinstance(test.get("failure"), dict) \
             else str(test.get("failure") or "")
         reason = reason.strip().splitlines()[0][:200] if reason.strip() else ""
-        console.print(f"  [red]FAILED[/red] {test.get('name', test.get('nodeid'))} "
-                      f"[{reqs}{'; ' + props if props else ''}] {reason}", highlight=False)
+        # names and reasons are text, not markup: a parametrised test's [armed] must show
+        console.print(f"  [red]FAILED[/red] {escape(str(test.get('name', test.get('nodeid'))))} "
+                      f"{escape(f'[{reqs}' + ('; ' + props if props else '') + ']')} {escape(reason)}", highlight=False)
 
 
 def run_suites(cfg: LabConfig, lab_path: Path, suites: str | None = None, keyword: str | None = None,

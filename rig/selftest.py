@@ -38,7 +38,9 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .config import LabConfig, OutageSuite, load_lab_text
 from .faults import BREAKS, FAULTS
@@ -241,7 +243,7 @@ def run_selftest(lab_path: Path, bench: str | None = None, trials: int = 2, only
     if undetected:
         console.print(f"[yellow]fault profiles no check claims to detect: {', '.join(undetected)}[/yellow]")
     for line in failures:
-        console.print(f"[red]SELF-TEST FAILED[/red] {line}", highlight=False)
+        console.print(f"[red]SELF-TEST FAILED[/red] {escape(line)}", highlight=False)
     verdict = "[green]PASSED[/green]" if not failures else "[red]FAILED[/red]"
     console.print(f"{verdict}  self-test: {run_dir}  report: {sealed.report}")
     return 0 if not failures else 1
@@ -296,5 +298,5 @@ def matrix(checks: dict[str, Check], results) -> Table:
         for fault in check.detects:
             v = results[key].get(fault, ("not run", ""))[0]
             cells.append(f"[{'green' if v == 'failed' else 'red'}]{fault}: {v}[/]")
-        table.add_row(check.name, f"[{hcol}]{healthy}[/{hcol}]", "\n".join(cells) or "[red]none named[/red]")
+        table.add_row(Text(check.name), f"[{hcol}]{healthy}[/{hcol}]", "\n".join(cells) or "[red]none named[/red]")
     return table

@@ -135,3 +135,17 @@ def test_sqlite_store_uses_write_ahead_logging(tmp_path, store_url):
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     con.close()
+
+
+def test_history_prints_parametrised_test_ids_whole(tmp_path, capsys):
+    """``[armed]`` in a test id is text, not rich markup: both parametrised
+    cases must show, not one name twice."""
+    from rig.cli import main
+
+    store = f"sqlite:///{tmp_path / 'history.sqlite'}"
+    make_run(tmp_path, "r1", {"t.py::test_outage[armed]": "passed", "t.py::test_outage[disabled]": "passed"}, store)
+    make_run(tmp_path, "r2", {"t.py::test_outage[armed]": "failed", "t.py::test_outage[disabled]": "passed"}, store)
+    capsys.readouterr()
+    main(["history", "--store", store, "--results", str(tmp_path / "runs")])
+    out = capsys.readouterr().out
+    assert "test_outage[armed]" in out and "test_outage[disabled]" in out
