@@ -19,6 +19,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -181,8 +182,14 @@ def render_status(cfg: LabConfig, seen: dict[str, Any]) -> Table:
                           str(detail))
         for dname, dev in bench.devices.items():
             s = get("device", dname, "state") or {}
-            table.add_row("", f"{dev.kind} {dname}", _age(get("device", dname, "presence")),
-                          _short(s.get("supply") or s.get("summary") or ""), _links(s.get("han")))
+            summary = escape(_short(s.get("supply") or s.get("summary") or ""))
+            meter = s.get("paired_meter") if dev.kind == "ppmid" else None
+            pairs = (get("device", meter, "state") or {}).get("paired_ppmid", dname) if meter else dname
+            if pairs != dname:
+                # the PPMID's own setting names the meter; the meter's pairing decides (safety property 4)
+                summary += f" [red](not accepted: {escape(str(meter))} pairs {escape(str(pairs))})[/red]"
+            table.add_row("", f"{dev.kind} {dname}", _age(get("device", dname, "presence")), summary,
+                          _links(s.get("han")))
         relay = bench.wiring.mains_relay
         if relay and (get("relay", relay, "state") or {}).get("state") == "off" and bench.devices:
             notes.append(f"mains is off on {bname}: its meter and hub are unpowered, so the HAN is down; "

@@ -90,3 +90,8 @@ def test_rig_status_lists_every_device_with_supply_link_and_presence(default_ben
         assert "online" in row and "RSSI" in row and "LQI" in row, row
     esme_row = next(line for line in text.splitlines() if "esme esme" in line)
     assert "enabled" in esme_row
+    # the neighbour PPMID believes it is paired; the meter pairs the other one, and status says so
+    neighbour = next(line for line in text.splitlines() if "ppmid ppmid-neighbour" in line)
+    assert "not accepted: esme pairs ppmid" in neighbour, neighbour
+    paired = next(line for line in text.splitlines() if "ppmid ppmid " in line)
+    assert "not accepted" not in paired, paired
