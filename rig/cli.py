@@ -182,12 +182,9 @@ def render_status(cfg: LabConfig, seen: dict[str, Any]) -> Table:
                           str(detail))
         for dname, dev in bench.devices.items():
             s = get("device", dname, "state") or {}
-            summary = escape(_short(s.get("supply") or s.get("summary") or ""))
-            meter = s.get("paired_meter") if dev.kind == "ppmid" else None
-            pairs = (get("device", meter, "state") or {}).get("paired_ppmid", dname) if meter else dname
-            if pairs != dname:
-                # the PPMID's own setting names the meter; the meter's pairing decides (safety property 4)
-                summary += f" [red](not accepted: {escape(str(meter))} pairs {escape(str(pairs))})[/red]"
+            meter = s.get("paired_meter")
+            summary = escape(_short(s.get("supply") or s.get("summary") or "")) + \
+                _pairing_note(dname, meter, get("device", meter, "state") if meter else None)
             table.add_row("", f"{dev.kind} {dname}", _age(get("device", dname, "presence")), summary,
                           _links(s.get("han")))
         relay = bench.wiring.mains_relay
@@ -197,6 +194,17 @@ def render_status(cfg: LabConfig, seen: dict[str, Any]) -> Table:
     if notes:
         table.caption = "\n".join(notes)
     return table
+
+
+def _pairing_note(device: str, meter: str | None, meter_state: Any) -> str:
+    """A device that names a meter it is paired with (a PPMID) believes so;
+    the meter's own ``paired_ppmid`` decides (safety property 4)."""
+    if not meter or not isinstance(meter_state, dict) or "paired_ppmid" not in meter_state:
+        return ""
+    pairs = meter_state["paired_ppmid"]
+    if pairs == device:
+        return ""
+    return f" [red](not accepted: {escape(meter)} pairs {escape(str(pairs or 'no PPMID'))})[/red]"
 
 
 def _links(han: Any) -> str:

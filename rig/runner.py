@@ -73,9 +73,10 @@ def explain_failures(run_dir: Path, console: Console) -> None:
         reason = (test.get("failure") or {}).get("message", "") if isinstance(test.get("failure"), dict) \
             else str(test.get("failure") or "")
         reason = reason.strip().splitlines()[0][:200] if reason.strip() else ""
-        # names and reasons are text, not markup: a parametrised test's [armed] must show
-        console.print(f"  [red]FAILED[/red] {escape(str(test.get('name', test.get('nodeid'))))} "
-                      f"{escape(f'[{reqs}' + ('; ' + props if props else '') + ']')} {escape(reason)}", highlight=False)
+        name = str(test.get("name", test.get("nodeid")))
+        cites = f"[{reqs}{'; ' + props if props else ''}]"
+        # text, not markup: a parametrised test's [armed] and the cited ids must show as they are
+        console.print(f"  [red]FAILED[/red] {escape(f'{name} {cites} {reason}')}", highlight=False)
 
 
 def run_suites(cfg: LabConfig, lab_path: Path, suites: str | None = None, keyword: str | None = None,

@@ -6,10 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+import yaml
+
 from rig.config import load_lab
 from rig.faults import BREAKS
-import pytest
-
 from rig.selftest import Check, CollectionError, collect, lab_text, parts, record_results
 
 from conftest import ROOT
@@ -48,7 +49,6 @@ def test_collection_finds_the_checks_in_process(tmp_path):
     """The self-test collects the suites with pytest.main in its own process:
     a plugin object pytest cannot keep (unhashable) once made it collect 0
     checks and report success."""
-    import yaml
     ini = tmp_path / "pytest.ini"
     ini.write_text("[pytest]\n")
     lab = tmp_path / "healthy.yaml"
