@@ -410,13 +410,21 @@ def run(
     lab: Path = LabOpt,
     suite: Optional[str] = typer.Option(None, help="comma-separated suites (default: all)"),
     k: Optional[str] = typer.Option(None, "-k", help="pytest -k expression"),
-    bench: Optional[str] = typer.Option(None, help="the bench to run on (default: the first)"),
+    bench: Optional[str] = typer.Option(None, help="benches to run on, comma-separated (default: every bench "
+                                        "of the lab, side by side: one pytest-xdist worker per bench)"),
     clock_scale: Optional[float] = typer.Option(None, "--clock-scale", help="override lab.yaml's clock scale"),
     results: Optional[Path] = typer.Option(None, help="results directory (default: lab.yaml results.dir)"),
 ) -> None:
-    """Run the nightly suite on the lab (bringing a simulated lab up if it is not
-    up), write a run folder and exit non-zero on any failure.  Extra arguments
-    go to pytest."""
+    """Run the nightly suite on every bench of the lab (bringing a simulated lab
+    up if it is not up), write one run folder and exit non-zero on any failure.
+
+    Each bench runs on its own worker, which leases it; a check's id carries
+    its bench when the lab has several (test_x[bench-2]).  A bench whose agent
+    is offline, E-stopped or leased by someone else is reported as not run,
+    with the reason, and the others go on; a check needing a part its bench
+    lacks is skipped with the reason.  Exit: 0 passed; 1 a check failed;
+    6 what ran passed but a bench did not run or was cut short.  Extra
+    arguments go to pytest."""
     from .runner import run_suites
 
     cfg = load(lab)

@@ -178,7 +178,8 @@ def history(
     changes = _changes(runs, trends)
     if as_json:
         print(json.dumps({"runs": runs, "changes": changes,
-                          "tests": [{"nodeid": t.nodeid, "verdicts": t.verdicts, "durations": t.durations,
+                          "tests": [{"nodeid": t.nodeid, "bench": t.bench, "verdicts": t.verdicts,
+                                     "durations": t.durations,
                                      "run_ids": t.run_ids, "pass_rate": t.pass_rate, "flaky": t.flaky,
                                      "flaky_on": t.flaky_on} for t in trends]}, indent=2, default=str))
         return
@@ -215,7 +216,8 @@ def _print_runs(runs: list[dict[str, Any]]) -> None:
     from .evidence.report import iso
 
     t = Table(title="runs (newest first)", title_justify="left")
-    for col in ("run", "started (UTC)", "state", "status", "tests", "passed", "failed", "clock", "fault profiles"):
+    for col in ("run", "started (UTC)", "state", "status", "benches", "tests", "passed", "failed", "clock",
+                "fault profiles"):
         t.add_column(col)
     for r in runs:
         state = {"complete": "[green]complete[/green]", "running": "[yellow]running[/yellow]"}.get(
@@ -224,14 +226,48 @@ def _print_runs(runs: list[dict[str, Any]]) -> None:
         colour = "green" if status == "passed" else "red" if status in ("failed", "internal_error") else "yellow"
         faults = json.loads(r.get("faults") or "{}")
         t.add_row(r["id"], iso(r.get("started_wall"))[:19], state, f"[{colour}]{status}[/{colour}]",
-                  str(r.get("total") if r.get("total") is not None else "?"), str(r.get("passed") or 0),
+                  _bench_cell(r), str(r.get("total") if r.get("total") is not None else "?"), str(r.get("passed") or 0),
                   str((r.get("failed") or 0) + (r.get("errors") or 0)), f"x{r.get('clock_scale') or 0:g}",
                   "; ".join(f"{k}: {', '.join(v)}" for k, v in faults.items()) or "none")
     console.print(t)
 
 
+_BENCH_COLOUR = {"passed": "green", "failed": "red", "not_run": "yellow", "incomplete": "yellow",
+                 "running": "yellow"}
+
+
+def _bench_cell(run: dict[str, Any]) -> Text:
+    """Each bench of a run with its status (and why, when it did not run)."""
+    try:
+        benches = json.loads(run.get("benches") or "null")
+    except ValueError:
+        benches = None
+    if not benches:
+        return Text(run.get("bench") or "—")
+    out = Text()
+    for i, (name, b) in enumerate(benches.items()):
+        status = (b or {}).get("status") or "?"
+        if i:
+            out.append("\n")
+        out.append(f"{name} ")
+        out.append(status.replace("_", " "), style=_BENCH_COLOUR.get(status, ""))
+        if (b or {}).get("reason") and status in ("not_run", "incomplete"):
+            out.append(f" ({b['reason'][:60]})", style="dim")
+    return out
+
+
 def _print_trends(trends: list[Any], nruns: int) -> None:
-    t = Table(title=f"tests over the last {nruns} runs (oldest to newest)", title_justify="left")
+    """One table per bench (a lab run's tests carry their bench), oldest to newest."""
+    groups: dict[str | None, list[Any]] = {}
+    for tr in trends:
+        groups.setdefault(tr.bench, []).append(tr)
+    for bench, group in groups.items():
+        where = f" on {bench}" if bench and len(groups) > 1 else ""
+        _print_trend_table(group, nruns, f"tests{where} over the last {nruns} runs (oldest to newest)")
+
+
+def _print_trend_table(trends: list[Any], nruns: int, title: str) -> None:
+    t = Table(title=title, title_justify="left")
     for col in ("test", "pass rate", "verdicts", "duration (wall s)", "last", "flaky"):
         t.add_column(col)
     for tr in trends:

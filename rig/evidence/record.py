@@ -65,7 +65,7 @@ def empty_record(run_id: str) -> dict[str, Any]:
     return {
         "schema": SCHEMA, "id": run_id, "complete": False, "status": "running", "exit_code": None,
         "started": None, "finished": None, "host": None, "pid": None, "argv": [],
-        "lab": None, "bench": None, "clock": None, "software": None,
+        "lab": None, "bench": None, "benches": {}, "clock": None, "software": None,
         "hardware": {"instruments": {}, "devices": {}},
         "files": {}, "tests": [], "summary": summarise([]), "selftest": [],
     }
@@ -146,12 +146,76 @@ def apply(rec: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+#: a bench's status in a run: ``not_run`` (could not start: agent offline, leased by someone
+#: else, E-stop), ``incomplete`` (cut short: its agent went away, or the run was killed),
+#: ``running``, ``failed``, ``passed``, ``skipped`` (every check skipped), ``no_tests``
+BENCH_STATUSES = ("not_run", "incomplete", "running", "failed", "passed", "skipped", "no_tests")
+
+
+def bench_sections(rec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per bench of the run: its status, the reason when it did not run or
+    was cut short, and its own summary (``run.json`` ``benches``)."""
+    sections = {name: dict(sec) for name, sec in (rec.get("benches") or {}).items()}
+    by_bench: dict[str | None, list[dict[str, Any]]] = {}
+    for t in rec.get("tests", []):
+        by_bench.setdefault(t.get("bench"), []).append(t)
+    for name in by_bench:
+        if name is not None and name not in sections:
+            sections[name] = {"devices": {}, "not_run": None}
+    live = rec.get("status") == "running" and not rec.get("recovered")
+    for name, sec in sections.items():
+        tests = by_bench.get(name, [])
+        summary = summarise(tests)
+        cut = next((t["not_run"] for t in tests if t.get("not_run")), None)
+        reason = None
+        if sec.get("not_run"):
+            status, reason = "not_run", sec["not_run"]
+        elif cut:
+            status, reason = "incomplete", cut
+        elif summary["running"] or (live and not tests):
+            status = "running" if live else "incomplete"
+            if status == "incomplete":
+                reason = "the run stopped before this bench's checks ended"
+        elif summary["failed"] or summary["error"] or summary["xpassed"]:
+            status = "failed"
+        elif summary["passed"]:
+            status = "passed"
+        elif tests:
+            status = "skipped"
+        else:
+            status = "no_tests"
+        sec.update({"status": status, "reason": reason, "summary": summary,
+                    "not_run_tests": sum(1 for t in tests if t.get("not_run"))})
+    return sections
+
+
 def derive(rec: dict[str, Any]) -> dict[str, Any]:
-    """Fill the fields computed from the tests (``summary``, ``selftest``);
-    done when the record is written, not on every event."""
+    """Fill the fields computed from the tests (``summary``, ``selftest``,
+    each bench's section); done when the record is written, not on every event."""
     rec["summary"] = summarise(rec["tests"])
     rec["selftest"] = [s for t in rec["tests"] for s in t.get("selftests", [])] + rec.get("run_selftests", [])
+    if rec.get("benches") or any(t.get("bench") for t in rec["tests"]):
+        rec["benches"] = bench_sections(rec)
     return rec
+
+
+def bench_record(rec: dict[str, Any], bench: str) -> dict[str, Any]:
+    """The record as seen from one bench: its tests, its instruments and
+    devices, its self-checks (the safety pack is built per device under test)."""
+    prefix = f"{bench}/"
+    hw = rec.get("hardware") or {}
+    tests = [t for t in rec.get("tests", []) if t.get("bench") in (bench, None)]
+    out = {**rec, "bench": bench, "tests": tests,
+           "hardware": {section: {k: v for k, v in (hw.get(section) or {}).items() if k.startswith(prefix)}
+                        for section in ("instruments", "devices")},
+           "benches": {bench: (rec.get("benches") or {}).get(bench, {})}}
+    lab = dict(rec.get("lab") or {})
+    lab["faults"] = {k: v for k, v in (lab.get("faults") or {}).items() if k.startswith(prefix)}
+    out["lab"] = lab
+    out["summary"] = summarise(tests)
+    out["selftest"] = [s for t in tests for s in t.get("selftests", [])] + (
+        rec.get("run_selftests", []) if len(rec.get("benches") or {}) <= 1 else [])
+    return out
 
 
 def fold(events: list[dict[str, Any]], run_id: str = "") -> dict[str, Any]:
