@@ -130,9 +130,9 @@ def preflight(endpoint, benches: list[str], wait: float = 3.5) -> dict[str, str]
         bus.wait_subscribed(5.0)
         deadline = time.monotonic() + wait
         with cond:
-            # retained messages arrive right after the subscription; an online
-            # agent also heartbeats every second: wait for one message per agent
-            cond.wait_for(lambda: all(fresh[b] >= 1 for b in benches), timeout=min(1.0, wait))
+            # retained messages arrive right after the subscription (presence and
+            # state of a live agent): wait for both of every agent, briefly
+            cond.wait_for(lambda: all(fresh[b] >= 1 and "state" in got[b] for b in benches), timeout=min(1.0, wait))
             for b in benches:
                 if presence_problem(got[b].get("presence")) is None:
                     continue

@@ -373,14 +373,14 @@ def agent(
     """Run a bench's controller agent (on the bench's Raspberry Pi; `rig up` starts
     one per bench).  Outputs go safe at start, exit, SIGTERM and lost heartbeat."""
     from .agent import Agent
-    from .clock import LabClock
-    from .launch import die_with_parent
+    from .launch import child_clock, die_with_parent
 
     die_with_parent()
     setup_logging(verbose)
     cfg = load(lab)
     cfg.bench(bench)
-    Agent(cfg, bench, _child_endpoint(cfg, broker), LabClock.from_env(cfg.lab.clock.scale)).run()
+    endpoint = _child_endpoint(cfg, broker)
+    Agent(cfg, bench, endpoint, child_clock(cfg, endpoint, "agent")).run()
 
 
 @app.command()
@@ -392,15 +392,15 @@ def sim(
 ) -> None:
     """Serve a bench's simulated parts: physics, instruments, device twins, HAN
     (`rig up` starts it for benches with simulated parts)."""
-    from .clock import LabClock
-    from .launch import die_with_parent
+    from .launch import child_clock, die_with_parent
     from .sim.world import World
 
     die_with_parent()
     setup_logging(verbose)
     cfg = load(lab)
     cfg.bench(bench)
-    World(cfg, bench, _child_endpoint(cfg, broker), LabClock.from_env(cfg.lab.clock.scale)).run()
+    endpoint = _child_endpoint(cfg, broker)
+    World(cfg, bench, endpoint, child_clock(cfg, endpoint, "sim")).run()
 
 
 # ----------------------------------------------------------------------------- run

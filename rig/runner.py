@@ -112,7 +112,7 @@ def explain_benches(run_dir: Path, console: Console) -> None:
         reason = f": {sec['reason']}" if sec.get("reason") else ""
         colour = colours.get(status, "white")
         console.print(f"  bench {escape(name)}: [{colour}]{status.upper().replace('_', ' ')}[/{colour}] "
-                      f"({counts}){escape(reason)}", highlight=False)
+                      f"({counts}){escape(reason)}", highlight=False, soft_wrap=True)
 
 
 def xdist_available() -> bool:
