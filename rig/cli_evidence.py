@@ -98,25 +98,38 @@ def report(
 @evidence_app.command("safety")
 def safety(
     run: Path = typer.Option(..., "--run", help="the run folder"),
-    out: Optional[Path] = typer.Option(None, help="HTML file to write (default: RUN.safety.html beside the run)"),
+    out: Optional[Path] = typer.Option(None, help="HTML file to write (default: RUN.safety.html beside the run); "
+                                       "for a run of several benches, the folder the packs go to"),
     pdf: bool = typer.Option(False, "--pdf", help="also print it to PDF with headless Chromium"),
     selftest: Optional[Path] = typer.Option(None, "--selftest",
                                             help="a `rig selftest` run folder: its self-checks prove the checks can fail"),
+    bench: Optional[str] = typer.Option(None, "--bench", help="only this bench's pack (comma-separated: several)"),
 ) -> None:
-    """Build the PPMID enable-supply safety evidence pack of a run.
+    """Build the PPMID enable-supply safety evidence pack of a run: one per
+    device under test (a run of several benches gives RUN.safety.<bench>.html
+    for each bench, from that bench's checks and devices only).
 
     The six safety properties: trials, failures, worst enable latency, stale
     and replay results, self-checks, and the hash of the run it came from."""
-    from .evidence.record import RecordError
-    from .evidence.safety_pack import build
+    from .evidence.record import RecordError, load_run
+    from .evidence.safety_pack import build, build_all, devices_under_test
 
     try:
-        html_path, pdf_path = build(run, out, pdf=pdf, selftest_dir=selftest)
+        several = len(devices_under_test(load_run(run))) > 1
+        if several:
+            if out is not None and out.suffix == ".html":
+                _fail(f"{run.name} has several benches: --out names a folder for their packs, not one file")
+            packs = build_all(run, out, pdf=pdf, selftest_dir=selftest,
+                              benches=[b.strip() for b in bench.split(",")] if bench else None)
+        else:
+            packs = [(None, *build(run, out, pdf=pdf, selftest_dir=selftest))]
     except RecordError as exc:
         _fail(str(exc))
     except RuntimeError as exc:
         _fail(str(exc), 1)
-    console.print(f"safety pack: {html_path}" + (f" and {pdf_path}" if pdf_path else ""))
+    for name, html_path, pdf_path in packs:
+        where = f" ({name})" if name else ""
+        console.print(f"safety pack{where}: {html_path}" + (f" and {pdf_path}" if pdf_path else ""), highlight=False)
 
 
 # ----------------------------------------------------------------------------- history

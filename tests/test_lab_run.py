@@ -142,6 +142,12 @@ def test_the_two_bench_lab_runs_on_both_benches_at_once_into_one_run_folder(tmp_
         assert prop in BENCHES and f"[{prop}" in case.get("name")
     report = (run_dir / "report.html").read_text()
     assert 'id="benches"' in report and all(f'id="bench-{b}"' in report for b in BENCHES)
+    # the safety pack: one per device under test, each from its own bench's checks and devices
+    packs = rig("evidence", "safety", "--run", str(run_dir), cwd=tmp_path, timeout=120)
+    assert packs.returncode == 0, packs.stdout + packs.stderr
+    for bench, other in (BENCHES, BENCHES[::-1]):
+        pack = (run_dir.parent / f"{run_dir.name}.safety.{bench}.html").read_text()
+        assert f"[{bench}" in pack and f"[{other}" not in pack and f"{other}/esme" not in pack
     # rig history groups the tests by bench
     hist = rig("history", "--lab", str(lab), "--json", cwd=tmp_path, timeout=60)
     tests = json.loads(hist.stdout)["tests"]

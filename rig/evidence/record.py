@@ -172,7 +172,7 @@ def bench_sections(rec: dict[str, Any]) -> dict[str, dict[str, Any]]:
             status, reason = "not_run", sec["not_run"]
         elif cut:
             status, reason = "incomplete", cut
-        elif summary["running"] or (live and not tests):
+        elif summary["running"] or live:
             status = "running" if live else "incomplete"
             if status == "incomplete":
                 reason = "the run stopped before this bench's checks ended"
