@@ -55,6 +55,76 @@ def lab_with_benches(base: dict, n: int, out: Path, port: int) -> Path:
     return path
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu(root: int) -> dict[int, tuple[str, float]]:
+    """{pid: (role, CPU seconds)} of ``root`` and every process below it."""
+    children: dict[int, list[int]] = {}
+    info: dict[int, tuple[str, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                head, _, rest = f.read().rpartition(")")
+            fields = rest.split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        pid, ppid = int(entry), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        info[pid] = (_role(cmd), (int(fields[11]) + int(fields[12])) / TICK)
+    out, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in info:
+            out[pid] = info[pid]
+        todo += children.get(pid, [])
+    return out
+
+
+def _role(cmd: str) -> str:
+    if "mosquitto" in cmd:
+        return "broker"
+    if " sim " in cmd:
+        return "sim worlds"
+    if " agent " in cmd:
+        return "agents"
+    if "execnet" in cmd or "exec(eval(sys.stdin" in cmd:
+        return "pytest workers"
+    if " run " in cmd:
+        return "orchestrator"
+    return "other"
+
+
+class CpuSampler:
+    """Samples the CPU of every process of a run (they exit before the run
+    does, so their last sample is their total, to within the interval)."""
+
+    def __init__(self, root: int, interval: float = 0.5):
+        import threading
+
+        self.root, self.interval = root, interval
+        self.last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.last.update(_tree_cpu(self.root))
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        by_role: dict[str, float] = {}
+        for role, cpu in self.last.values():
+            by_role[role] = by_role.get(role, 0.0) + cpu
+        return by_role
+
+
 def run(lab: Path, cwd: Path, scale: float | None, keyword: str | None) -> dict:
     """One ``rig run``: wall time, CPU of all its processes, the run record."""
     cmd = [sys.executable, "-m", "rig", "run", "--lab", str(lab)]
@@ -65,14 +135,19 @@ def run(lab: Path, cwd: Path, scale: float | None, keyword: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RIG_CLOCK", "RIG_BROKER_URL"))}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    with open(cwd / "rig-run.out", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        sampler = CpuSampler(proc.pid)
+        proc.wait()
     wall = time.monotonic() - t0
+    roles = sampler.stop()
+    output = (cwd / "rig-run.out").read_text(errors="replace")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    m = re.search(r"run folder: (\S+)", proc.stdout)
+    m = re.search(r"run folder: (\S+)", output)
     rec = json.loads((Path(m.group(1)) / "run.json").read_text()) if m else {}
     return {"wall": wall, "cpu": cpu, "code": proc.returncode, "record": rec, "run_dir": m.group(1) if m else None,
-            "tail": proc.stdout[-1500:] + proc.stderr[-1500:]}
+            "tail": output[-3000:], "roles": roles}
 
 
 def verdicts(rec: dict) -> dict[tuple[str, str], str]:
@@ -120,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scales", default="60,300,600", help="clock scales for the one-bench comparison (empty: none)")
     ap.add_argument("--scale-1", type=Path, default=None, help="a saved scale-1 run folder to compare verdicts with")
     ap.add_argument("--run-scale-1", action="store_true", help="make the scale-1 run now (about 75 min)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs at each clock scale (verdicts can flip by chance)")
     ap.add_argument("-k", dest="keyword", default=None, help="pytest -k: a subset of the suite")
     ap.add_argument("--out", type=Path, default=None, help="where the labs and run folders go (default: a temp dir)")
     ap.add_argument("--port", type=int, default=18960, help="broker port written into the generated labs")
@@ -153,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             for d in diffs[:10]:
                 print(f"{'':>9}differs: {d}")
+            print(f"{'':>9}CPU s by process: " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                        sorted(r["roles"].items(), key=lambda kv: -kv[1])))
             if not rec:
                 print(r["tail"])
         print(f"\nCPU %: every process of the run (broker, agents, worlds, pytest) over the wall time, "
@@ -171,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             reference, ref_label = r1["record"], f"run now: {r1['wall']:.0f} s wall"
         print(f"clock scale, one bench; verdicts against scale 1 ({ref_label or 'no scale-1 run: --scale-1 RUN'})")
         print(f"{'scale':>6} {'wall s':>8} {'CPU s':>8} {'checks':>7} {'passed':>7} {'agree':>11}  differences")
-        for scale in scales:
+        for scale in (sc for sc in scales for _ in range(args.repeat)):
             r = run(one, out, scale, args.keyword)
             rec = r["record"]
             s = rec.get("summary") or {}
