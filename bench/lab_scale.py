@@ -114,7 +114,10 @@ class CpuSampler:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            self.last.update(_tree_cpu(self.root))
+            for pid, (role, cpu) in _tree_cpu(self.root).items():
+                if role == "other" and pid in self.last:
+                    role = self.last[pid][0]   # an exiting process has no command line left
+                self.last[pid] = (role, cpu)
 
     def stop(self) -> dict[str, float]:
         self._stop.set()

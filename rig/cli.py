@@ -418,8 +418,8 @@ def run(
     """Run the nightly suite on every bench of the lab (bringing a simulated lab
     up if it is not up), write one run folder and exit non-zero on any failure.
 
-    Each bench runs on its own worker, which leases it; a check's id carries
-    its bench when the lab has several (test_x[bench-2]).  A bench whose agent
+    Each bench runs on its own worker, which leases it; in a lab of several
+    benches a check's id carries its bench as its first parameter.  A bench whose agent
     is offline, E-stopped or leased by someone else is reported as not run,
     with the reason, and the others go on; a check needing a part its bench
     lacks is skipped with the reason.  Exit: 0 passed; 1 a check failed;
