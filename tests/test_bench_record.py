@@ -35,7 +35,7 @@ def test_each_bench_gets_its_status_and_the_reason_it_did_not_run_or_stopped():
     s = bench_sections(lab_run())
     assert {b: v["status"] for b, v in s.items()} == {"b1": "passed", "b2": "incomplete", "b3": "not_run",
                                                        "b4": "failed"}
-    assert s["b2"]["reason"] == "b2: agent offline (agent exit (SIGTERM))" and s["b2"]["not_run_tests"] == 1
+    assert s["b2"]["reason"] == "agent offline (agent exit (SIGTERM))" and s["b2"]["not_run_tests"] == 1
     assert s["b3"]["reason"] == "agent offline (connection lost)"
     assert s["b1"]["reason"] is None and s["b1"]["summary"]["passed"] == 1 and s["b1"]["summary"]["skipped"] == 1
 

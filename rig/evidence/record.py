@@ -171,7 +171,7 @@ def bench_sections(rec: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if sec.get("not_run"):
             status, reason = "not_run", sec["not_run"]
         elif cut:
-            status, reason = "incomplete", cut
+            status, reason = "incomplete", cut.removeprefix(f"{name}: ")
         elif summary["running"] or live:
             status = "running" if live else "incomplete"
             if status == "incomplete":

@@ -135,7 +135,9 @@ class RunRecorder:
         from .record import derive
 
         sections = derive(self.writer.record).get("benches") or {}
-        return [b for b, sec in sections.items() if sec.get("status") in ("not_run", "incomplete")]
+        # a bench no check of this session needed (none uses a bench) cuts nothing short
+        return [b for b, sec in sections.items()
+                if sec.get("status") in ("not_run", "incomplete") and (sec.get("summary") or {}).get("total")]
 
     def _junit_path(self) -> str | None:
         """The JUnit file, relative to the run folder when it is inside it."""
