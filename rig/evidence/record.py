@@ -36,6 +36,10 @@ from typing import Any
 from . import JOURNAL_FILE, RECORD_FILE
 
 SCHEMA = "rig.run/1"
+#: a snapshot of run.json may take at most 1/SNAPSHOT_SHARE of the time between two
+SNAPSHOT_SHARE = 20
+#: wall seconds from which a snapshot counts as slow (a small record is always written at the interval)
+SLOW_SNAPSHOT = 0.01
 VERDICTS = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "running")
 
 
@@ -273,6 +277,7 @@ class RecordWriter:
         self.record = empty_record(self.run_dir.name)
         self._lock = threading.RLock()
         self._last_snapshot = float("-inf")  # the first boundary always writes run.json (not "uptime > interval")
+        self._last_cost = 0.0
         self._dirty = False
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._journal = open(self.journal_path, "a", encoding="utf-8", buffering=1)
@@ -291,13 +296,25 @@ class RecordWriter:
             self._dirty = True
             boundary = event.get("ev") in ("run.start", "test.start", "test.end", "hardware", "clock", "files")
             if snapshot or (snapshot is None and boundary
-                            and time.monotonic() - self._last_snapshot >= self.snapshot_interval):
+                            and time.monotonic() - self._last_snapshot >= self._gap()):
                 self.snapshot()
 
-    def snapshot(self, durable: bool = False) -> None:
+    def _gap(self) -> float:
+        """Seconds between two snapshots: the interval, or for a record so large
+        (a lab run of many benches) that writing it is slow, long enough that
+        the writing takes at most 1/SNAPSHOT_SHARE of a core."""
+        slow = self._last_cost if self._last_cost > SLOW_SNAPSHOT else 0.0
+        return max(self.snapshot_interval, slow * SNAPSHOT_SHARE)
+
+    def snapshot(self, durable: bool = False, pretty: bool = False) -> None:
+        """Write run.json now: compact while the run goes (the C encoder;
+        an indented dump of a large record costs several times more), indented
+        when the record is closed."""
         with self._lock:
-            write_atomic(self.path, dumps(derive(self.record), indent=1), durable=durable)
+            t0 = time.monotonic()
+            write_atomic(self.path, dumps(derive(self.record), indent=1 if pretty else None), durable=durable)
             self._last_snapshot = time.monotonic()
+            self._last_cost = self._last_snapshot - t0
             self._dirty = False
 
     def flush(self) -> None:
@@ -315,7 +332,7 @@ class RecordWriter:
                 return self.record
             self.emit({"ev": "run.end", "status": status, "exit_code": exit_code, "finished": finished,
                        "complete": complete}, snapshot=False)
-            self.snapshot(durable=True)
+            self.snapshot(durable=True, pretty=True)
             self._journal.close()
             self.closed = True
             return derive(self.record)
