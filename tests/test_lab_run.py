@@ -423,3 +423,25 @@ def test_stopping_a_benchs_agent_mid_run_cuts_only_that_bench_short(hosted_lab):
     assert rec["benches"]["bench-868"]["status"] == "passed"
     assert rec["benches"]["bench-2g4"]["status"] == "not_run"
     assert rec["benches"]["bench-2g4"]["reason"].startswith("agent offline")
+
+
+def test_plain_pytest_with_one_worker_per_bench_brings_the_lab_up_once(tmp_path):
+    """``pytest -n 2`` on a two-bench lab, no ``rig run``, no lab up: the
+    controller brings the lab up for both workers, each worker takes a bench."""
+    lab = lab_copy(tmp_path)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    run_dir = tmp_path / "runs" / "plain"
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "rig" / "suites"), "-c", str(tmp_path / "pytest.ini"),
+         "--rootdir", str(ROOT / "rig" / "suites"), "-p", "no:cacheprovider", "-n", "2", "-q",
+         "-k", "smoke or armed_supply_is_refused", "--lab", str(lab), "--rig-run-dir", str(run_dir),
+         "--rig-store", f"sqlite:///{tmp_path / 'h.sqlite'}"],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:] + failures(tmp_path)
+    rec = record(run_dir)
+    assert {b: (s["status"], s["summary"]["passed"]) for b, s in rec["benches"].items()} == \
+        {b: ("passed", 2) for b in BENCHES}
+    assert rec["files"]["bus_capture"] == "bus.jsonl" and rec["clock"]["source"] == "bus"
+    # one broker for both: the capture saw both benches' agents
+    topics = {json.loads(line)["topic"].split("/")[2] for line in (run_dir / "bus.jsonl").open()}
+    assert set(BENCHES) <= topics
