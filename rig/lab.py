@@ -204,7 +204,7 @@ class Bench:
     from instruments.handles import ac_source, analyser, attenuator, attenuators, instrument, load, mains, optical  # noqa: E402,F401,I001
 
     # --- device handles (rig/devices.py): bench.device(name), bench.esme, bench.ppmid, ...
-    from .devices import comms_hub, dcc, device, esme, gsme, ihd, ppmid  # noqa: E402,F401,I001
+    from .devices import comms_hub, dcc, device, esme, gsme, han_tap, ihd, ppmid  # noqa: E402,F401,I001
 
     def safe(self) -> list[str]:
         """Ask the agent to put every output in its safe state now."""

@@ -3,9 +3,11 @@
 Every ``settings.refresh_period`` lab seconds it reads the electricity
 meter (power now, energy register, supply state, credit) and the gas
 meter's mirror on the comms hub (HAN-7: never the sleeping gas meter
-itself), and shows them.  It is a read-only device: the meter refuses any
-write or function call from it (HAN-6).  Bus op ``press("display")`` turns
-the page.
+itself), and shows them.  It is a read-only device: it sends no write or
+function call, and the meter refuses any from it (HAN-6).  Bus op
+``press("display")`` turns the page.  Fault ``writes_configuration``: at
+each refresh it also writes the meter's load-limit threshold (a consumer
+access device that changes configuration).
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ class Ihd(Twin):
                     "supply": SUPPLY.get(int(m.get("supply_status", 2))),
                     "credit": int(p.get("credit_remaining", 0)) / 100.0,
                 }
+        if self.meter and ok and "writes_configuration" in self.faults:
+            tsn = self.radio.next_tsn()
+            self.radio.request(self.meter, zcl.LoadLimit.cluster_id,
+                               zcl.write_attributes(zcl.LoadLimit, {"threshold_w": 20000}, tsn=tsn), tsn,
+                               RESPONSE_TIMEOUT)
         if self.hub and ok:
             g = self._read(self.hub, zcl.Metering, ["current_summ_delivered", "remaining_battery_life"])
             if g is None:
