@@ -39,6 +39,11 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("benches.NAME.wiring", c.Wiring, "what feeds what, for the physical bench model"),
     ("han", c.HanConfig, "the simulated HAN medium"),
     ("han.bands.BAND", c.BandModel, "per band: 2.4GHz and 868MHz"),
+    ("suites", c.SuitesConfig, "the suites' repeat counts and tolerances; the requirement values they judge "
+     "against are the requirements' own (rig/reference.py), unless a deviation is declared here"),
+    ("suites.deviations.KEY", c.Deviation, "one requirement value this lab judges against instead (KEY: "
+     + ", ".join(f"`{k}` ({r.value:g} {r.units}, {r.requirement})" for k, r in c.REFERENCES.items())
+     + "); the run record, the report and the safety pack show it in red"),
     ("suites.outage", c.OutageSuite, ""),
     ("suites.safety", c.SafetySuite, ""),
     ("suites.propagation", c.PropagationSuite, ""),

@@ -62,8 +62,9 @@ class SimulatedHan:
 
     * ``journal`` (``{"since": t, "src": "ppmid", "dst": "esme", "cluster": 0x0705, "command": 1}``):
       application frames as the sniffer saw them on their first hop, each with
-      the lab time it went on the air (``ts``), its ZCL command name, frame
-      counter, whether it was delivered and whether the injector sent it;
+      the lab time it went on the air (``ts``), the first hop's receiver
+      (``hop``), its ZCL command name, frame counter, whether it was
+      delivered and whether the injector sent it;
     * ``replay`` (``{"src": "ppmid", "dst": "esme"}``): re-send the last frame
       recorded between them, unchanged (the replay attack of property 4);
     * ``delay`` (``{..., "seconds": 8}``): the next such frame is held off the
@@ -178,7 +179,7 @@ class JournalArgs(BaseModel):
     dst: str | None = None
     cluster: int | None = None
     command: int | None = Field(None, description="cluster-specific command id")
-    limit: int = Field(1000, ge=1, le=5000)
+    limit: int = Field(2000, ge=1, le=20000)
 
 
 def refresh_period(clock) -> float:

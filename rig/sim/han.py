@@ -73,7 +73,7 @@ PER_WINDOW = 32
 #: frames a sniffer keeps per pair of devices
 CAPTURE_DEPTH = 32
 #: application frames the sniffer's journal keeps (first hop of each)
-JOURNAL_DEPTH = 5000
+JOURNAL_DEPTH = 20000
 #: PSDU octets of a MAC data request (poll)
 POLL_PSDU_OCTETS = 18
 CCA_SYMBOLS = 8
@@ -423,7 +423,7 @@ class HanMedium:
         if frame.kind == "data" and not frame.injected:
             self.captured.setdefault((frame.src, frame.dst), deque(maxlen=CAPTURE_DEPTH)).append(frame)
         if first_hop:
-            self.journal.append({"ts": self.clock.now(), "src": frame.src, "dst": frame.dst,
+            self.journal.append({"ts": self.clock.now(), "src": frame.src, "dst": frame.dst, "hop": receiver_name,
                                  "cluster": frame.cluster_id, "zcl": frame.zcl, "counter": frame.counter,
                                  "created": frame.created, "band": band, "delivered": delivered,
                                  "injected": frame.injected, "authentic": frame.authentic})
@@ -488,8 +488,9 @@ class HanMedium:
             self.loop.call_later(hold.seconds, self._release, hold)
         else:
             hold.behind.append(frame)
-        self.journal.append({"ts": self.clock.now(), "src": frame.src, "dst": frame.dst, "cluster": frame.cluster_id,
-                             "zcl": frame.zcl, "counter": frame.counter, "created": frame.created, "band": None,
+        self.journal.append({"ts": self.clock.now(), "src": frame.src, "dst": frame.dst, "hop": receiver,
+                             "cluster": frame.cluster_id, "zcl": frame.zcl, "counter": frame.counter,
+                             "created": frame.created, "band": None,
                              "delivered": False, "injected": "held", "authentic": frame.authentic})
         sender.record_frame(receiver, band, False)     # jammed: the sender's MAC saw no ACK
         if done is not None:
