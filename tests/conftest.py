@@ -31,7 +31,8 @@ def broker(request):
             pytest.fail("mosquitto is required here (RIG_REQUIRE_MOSQUITTO=1) but not installed")
         pytest.skip("mosquitto not installed (apt-get install mosquitto)")
     b = Broker.start(BrokerConfig(kind=kind, port=0))
-    yield b.endpoint
+    # the test's own clients log in as admin; an Agent, a World or a Lab picks its role's user
+    yield b.endpoint.as_user("admin", keep_store=True)
     b.stop()
 
 
@@ -39,7 +40,7 @@ def broker(request):
 def amqtt_broker():
     """The embedded broker only (for tests whose subject is not the broker)."""
     b = Broker.start(BrokerConfig(kind="amqtt", port=0))
-    yield b.endpoint
+    yield b.endpoint.as_user("admin", keep_store=True)
     b.stop()
 
 
