@@ -469,12 +469,16 @@ class MosquittoBroker(Broker):
         self._forget_store()
 
 
-def mosquitto_conf(host: str | None, port: int, passwd: Path, acl: Path, cfg: BrokerConfig) -> str:
-    """A mosquitto listener with the lab's passwords, ACL and (``server_tls``) TLS."""
+def mosquitto_conf(host: str | None, port: int, passwd: Path, acl: Path, cfg: BrokerConfig,
+                   service: bool = False) -> str:
+    """A mosquitto listener with the lab's passwords, ACL and (``server_tls``)
+    TLS; ``service``: for a lab's broker run as the system's mosquitto service."""
     lines = [f"listener {port}{' ' + host if host else ''}", "allow_anonymous false",
-             f"password_file {passwd}", f"acl_file {acl}", "persistence false", "set_tcp_nodelay true",
+             f"password_file {passwd}", f"acl_file {acl}", "set_tcp_nodelay true",
              "log_type error", "log_type warning"]
-    if os.geteuid() == 0:
+    if not service:
+        lines.append("persistence false")
+    if os.geteuid() == 0 and not service:
         # started as root, mosquitto drops to user mosquitto, who cannot read the 0600 credentials
         lines.append("user root")
     st = cfg.server_tls

@@ -31,7 +31,7 @@ def own_broker():
     from rig.config import BrokerConfig
 
     with Broker.start(BrokerConfig(kind="amqtt", port=0)) as endpoint:
-        yield endpoint
+        yield endpoint.as_user("admin", keep_store=True)
 
 
 def test_capture_writes_every_message_with_lab_and_wall_time(own_broker, tmp_path):
