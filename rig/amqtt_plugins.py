@@ -24,6 +24,7 @@ class RigAuthPlugin(BaseAuthPlugin):
     def __init__(self, context) -> None:
         super().__init__(context)
         self._hashes = load_passwd(Path(self.config.store) / "passwd")
+        self._acl = CredentialStore.open(Path(self.config.store)).acl
 
     async def authenticate(self, *, session) -> bool:
         user, password = session.username, session.password
@@ -31,7 +32,14 @@ class RigAuthPlugin(BaseAuthPlugin):
         ok = bool(hashed and isinstance(password, str) and verify_password(password, hashed))
         if not ok:
             self.context.logger.warning("refused connection of %s: user %r not authenticated", session.client_id, user)
-        return ok
+            return False
+        # amqtt 0.12 publishes a Last Will without asking the topic plugins: a
+        # client may only leave a will where it may publish
+        if session.will_flag and not self._acl.may_publish(user, session.client_id, session.will_topic or ""):
+            self.context.logger.warning("refused connection of %s: user %r may not publish its will on %s",
+                                        session.client_id, user, session.will_topic)
+            return False
+        return True
 
     @dataclass
     class Config:

@@ -335,3 +335,32 @@ def test_the_embedded_broker_serves_loopback_only():
         Broker.start(BrokerConfig(kind="amqtt", host="0.0.0.0", port=0))
     with pytest.raises(BrokerError, match="needs TLS"):
         Broker.start(BrokerConfig(kind="mosquitto", host="0.0.0.0", port=0))
+
+
+def test_a_last_will_may_go_only_where_the_client_may_publish(broker):
+    """A will is a publish the broker makes for the client: an observer may
+    not leave one on a relay's command topic (amqtt does not check wills by
+    itself; mosquitto drops what the ACL denies)."""
+    with Bus(broker.as_user("admin"), client_id="will-watch") as watcher:
+        seen = Recorder(watcher, MAINS.cmd("set"))
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sly", protocol=mqtt.MQTTv311)
+        obs = broker.as_user("observer")
+        c.username_pw_set(obs.username, obs.password())
+        c.will_set(MAINS.cmd("set"), b'{"will": true}', qos=1)
+        answered, codes = threading.Event(), []
+        c.on_connect = lambda _c, _u, _f, rc, _p: (codes.append(rc), answered.set())
+        c.reconnect_delay_set(60, 60)
+        c.connect(broker.host, broker.port)
+        c.loop_start()
+        assert answered.wait(10)
+        if broker.kind == "amqtt":
+            assert codes[0].is_failure      # the rig's amqtt refuses the connection outright
+        sock = c.socket()
+        if sock is not None:
+            sock.close()           # an abnormal end: the broker would publish the will (mosquitto drops it)
+        c.loop_stop()
+        marker = f"{MAINS.base}/state"
+        markers = Recorder(watcher, marker)
+        watcher.publish(marker, {"marker": True})
+        assert markers.wait_for(lambda t, p: p and p.get("marker"))
+    assert not seen.messages
