@@ -80,6 +80,16 @@ class TlsConfig(Strict):
     insecure: bool = Field(False, description="skip hostname check (lab bring-up only)")
 
 
+class ServerTls(Strict):
+    """TLS of a broker the rig starts (``rig up``; mosquitto only): the
+    broker's own certificate.  Clients check it against ``broker.tls.ca_file``."""
+
+    cert_file: Path = Field(..., description="the broker's certificate (PEM)")
+    key_file: Path = Field(..., description="its private key (PEM)")
+    require_certificate: bool = Field(False, description="clients must also present a certificate signed by "
+                                      "broker.tls.ca_file")
+
+
 class BrokerConfig(Strict):
     """Where the lab's MQTT broker is.
 
@@ -91,7 +101,10 @@ class BrokerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(18830, ge=0, le=65535, description="0 picks a free port")
     url: str | None = None
-    tls: TlsConfig | None = None
+    tls: TlsConfig | None = Field(None, description="how clients check the broker (ca_file) and, optionally, "
+                                  "present a client certificate (cert_file, key_file)")
+    server_tls: ServerTls | None = Field(None, description="a broker the rig starts serves TLS with this "
+                                         "certificate (required off loopback)")
     username_env: str | None = None
     password_env: str | None = None
     keepalive: int = Field(10, ge=2, le=600)
@@ -158,6 +171,16 @@ class ControllerConfig(Strict):
         description="wall seconds without the lease holder's heartbeat before every output goes safe",
     )
     estop: EStopConfig | None = None
+    lease_term: float = Field(
+        60.0, gt=0, le=3600,
+        description="wall seconds a lease lasts without the holder's progress (its main work: commands, waits); "
+                    "a hung orchestrator whose heartbeat thread still runs loses the lease after it",
+    )
+    max_clock_skew: float = Field(
+        5.0, gt=0, le=3600,
+        description="wall seconds the lease holder's clock may differ from this controller's; above it the "
+                    "lease is refused or ended",
+    )
 
 
 class RelayConfig(Strict):
@@ -547,10 +570,32 @@ def _cross_check(lab: LabConfig) -> list[tuple[tuple, str]]:
                 problems.append((base + ("wiring", key), f"unknown {'relay' if table is bench.relays else 'part'} '{name}'"))
             elif kind is not None and getattr(table[name], "kind", None) != kind:
                 problems.append((base + ("wiring", key), f"'{name}' is a {table[name].kind}, expected a {kind}"))
+    problems += _broker_security(lab)
     bands = lab.han.bands
     for missing in set(BANDS) - set(bands):
         problems.append((("han", "bands"), f"band {missing} is not described"))
     return problems
+
+
+def _broker_security(lab: LabConfig) -> list[tuple[tuple, str]]:
+    """A bench with real mains (a GPIO pin factory other than ``mock``) needs
+    a broker with TLS and credentials (SEC-3)."""
+    real = [(n, b.controller.pin_factory) for n, b in lab.benches.items() if b.controller.pin_factory != "mock"]
+    if not real:
+        return []
+    bench, factory = real[0]
+    where = ("benches", bench, "controller", "pin_factory")
+    br = lab.broker
+    external = br.kind == "external" or br.url is not None
+    tls = (br.tls is not None or (br.url or "").startswith("mqtts://")) if external else br.server_tls is not None
+    if not tls:
+        return [(where, f"pin factory {factory} switches real mains: the broker needs TLS "
+                        f"({'an mqtts:// url and broker.tls' if external else 'broker.server_tls'}); "
+                        "see README 'Securing a real lab'")]
+    if external and not ((br.username_env and br.password_env) or (br.tls and br.tls.cert_file)):
+        return [(where, f"pin factory {factory} switches real mains: the broker needs credentials "
+                        "(broker.username_env and broker.password_env, or a client certificate in broker.tls)")]
+    return []
 
 
 # --------------------------------------------------------------------------- loading

@@ -21,6 +21,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("lab.results", c.ResultsConfig, ""),
     ("broker", c.BrokerConfig, "where the lab's MQTT broker is"),
     ("broker.tls", c.TlsConfig, ""),
+    ("broker.server_tls", c.ServerTls, "the TLS of a broker `rig up` starts (mosquitto only; required off loopback)"),
     ("benches.NAME", c.BenchConfig, "one bench; NAME becomes an MQTT topic level"),
     ("benches.NAME.controller", c.ControllerConfig, "the bench's Raspberry Pi (`rig agent`)"),
     ("benches.NAME.controller.estop", c.EStopConfig, ""),

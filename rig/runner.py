@@ -91,16 +91,17 @@ def run_suites(cfg: LabConfig, lab_path: Path, suites: str | None = None, keywor
     if lab_is_up(cfg):
         from .broker import endpoint_for
 
-        url = endpoint_for(cfg.broker).url
-        console.print(f"using the lab that is up at {url}")
+        ep = endpoint_for(cfg.broker)
+        # the orchestrator's credentials (the lab's generated store, or lab.yaml's) and TLS, in one URL
+        url = (ep.as_user("orchestrator") if ep.store else ep).url
+        console.print(f"using the lab that is up at {ep}")
         if clock_scale:
             console.print("[yellow]--clock-scale ignored: the running lab keeps its own clock[/yellow]")
     else:
         with console.status("bringing the simulated lab up..."):
             up = LabUp(cfg, port=0, clock_scale=clock_scale, lab_path=str(lab_path),
                        log_dir=run_dir / "logs").start()
-        url = up.endpoint.url
-        os.environ["RIG_BROKER_KIND"] = up.endpoint.kind
+        url = up.endpoint.as_user("orchestrator").url
         console.print(f"lab up: broker {up.endpoint}, clock x{up.clock.scale:g}")
     try:
         code = int(pytest.main(pytest_args(files, run_dir, lab_path, url, store, bench, keyword, extra or [])))

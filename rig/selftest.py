@@ -128,10 +128,10 @@ def run_checks(label: str, text: str, fault: str | None, bench: str, tmpdir: Pat
     log_dir.mkdir(parents=True, exist_ok=True)
     junit = log_dir / "junit.xml"
     with LabUp(lab, port=0, lab_path=str(path), log_dir=log_dir) as up:
-        env = dict(os.environ, RIG_BROKER_KIND=up.endpoint.kind)
+        env = dict(os.environ)
         with open(log_dir / "pytest.txt", "w") as out:
             subprocess.run([sys.executable, "-m", "pytest", *_pytest_args(ini), "--lab", str(path),
-                            "--rig-broker", up.endpoint.url, "--bench", bench, "--rig-detects", fault or "ANY",
+                            "--rig-broker", up.endpoint.as_user("orchestrator").url, "--bench", bench, "--rig-detects", fault or "ANY",
                             "--junitxml", str(junit)], stdout=out, stderr=subprocess.STDOUT, env=env,
                            cwd=tmpdir, check=False)
     return junit_outcomes(junit)

@@ -35,6 +35,8 @@ class World:
     """The simulated parts of one bench, coupled through one physical model."""
 
     def __init__(self, lab: LabConfig, bench: str, endpoint: Endpoint, clock: LabClock):
+        # every bus of the world (devices, DCC, HAN) logs in as the bench's simulated world
+        endpoint = endpoint.for_role("sim", bench)
         self.lab, self.bench_name, self.endpoint, self.clock = lab, bench, endpoint, clock
         self.cfg = lab.bench(bench)
         self.node = sim_node(bench)
