@@ -12,6 +12,12 @@ runs checks (a self-test runner, a rig script) can too::
     rec.test_finished({"nodeid": "check_a", "verdict": "passed", **ev.entries()})
     rec.finish(status="passed", exit_code=0)
     seal_run(run_dir)                             # report, manifest, store (rig.evidence.seal)
+
+A lab that departs from a requirement value declares it, and the report and
+the safety pack show it in red::
+
+    rec.set_deviations([{"key": "outage_alert_period", "requirement": "OUT-2", "reference": 180.0,
+                         "value": 170.0, "units": "s", "reason": "meter firmware 1.2 fixed at 170 s"}])
 """
 
 from __future__ import annotations
@@ -27,12 +33,16 @@ from typing import Any
 
 from ..clock import ENV_VAR, LabClock
 from . import CAPTURE_FILE, JOURNAL_FILE, JUNIT_FILE, LAB_FILE, LOG_DIR, RECORD_FILE
-from .inventory import configured_hardware, from_bus, lab_section, software
+from .inventory import configured_hardware, from_bus, lab_section, software, suites_section
 from .measurement import TestEvidence
 from .record import RecordWriter, clean
 from .store import redact
 
 log = logging.getLogger(__name__)
+
+#: the fields of a deviation (``set_deviations``): required, then optional
+DEVIATION_REQUIRED = ("key", "reference", "value")
+DEVIATION_OPTIONAL = ("requirement", "units", "reason")
 
 #: pytest exit codes -> run status
 STATUS = {0: "passed", 1: "failed", 2: "interrupted", 3: "internal_error", 4: "usage_error", 5: "no_tests"}
@@ -45,13 +55,14 @@ def stamp(clock: LabClock) -> dict[str, float]:
 class RunRecorder:
     def __init__(self, run_dir: str | Path, lab_path: str | Path | None = None, bench: str | None = None,
                  store_url: str | None = None, argv: list[str] | None = None, clock: LabClock | None = None,
-                 junit: str | Path | None = JUNIT_FILE):
+                 junit: str | Path | None = JUNIT_FILE, kind: str = "run"):
         self.run_dir = Path(run_dir)
         self.lab_path = Path(lab_path) if lab_path else None
         self.bench = bench
         self.store_url = store_url
         self.argv = list(argv if argv is not None else sys.argv)
         self.junit = junit
+        self.kind = kind
         if clock is not None:
             self.clock, self.clock_source = clock, "given"
         elif os.environ.get(ENV_VAR):
@@ -97,7 +108,7 @@ class RunRecorder:
             "id": self.run_dir.name, "started": stamp(self.clock), "host": socket.gethostname(), "pid": os.getpid(),
             "argv": self.argv, "cwd": os.getcwd(), "lab": lab_section(self.lab_path, self.cfg, error),
             "bench": self.bench, "clock": self._clock_info(), "software": software(), "hardware": hardware,
-            "store_url": redact(self.store_url),
+            "store_url": redact(self.store_url), "kind": self.kind, "suites": suites_section(),
             "files": {"journal": JOURNAL_FILE, "junit": self._junit_path(), "lab": LAB_FILE if self.lab_path else None,
                       "logs": LOG_DIR, "bus_capture": None},
         }
@@ -143,6 +154,36 @@ class RunRecorder:
             # the run goes on; `rig history` imports the folder later
             self.store, self.store_error = None, str(exc)
             log.warning("results store unavailable, the run folder still has everything: %s", exc)
+
+    # ------------------------------------------------------------------ declarations
+    def set_deviations(self, deviations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Declare the lab's deviations from the requirement values (replacing
+        any declared before): a list of ``{"key", "reference", "value"}`` and
+        optionally ``"requirement"``, ``"units"``, ``"reason"``, e.g.
+        ``{"key": "outage_alert_period", "requirement": "OUT-2", "reference":
+        180.0, "value": 170.0, "units": "s", "reason": "..."}``.  Kept as the
+        record's top-level ``deviations``; the report and the safety pack show
+        them in red.  Bad input raises ValueError naming the entry and field."""
+        if not isinstance(deviations, (list, tuple)):
+            raise ValueError(f"deviations: expected a list of dicts, got {type(deviations).__name__}")
+        clean_list = []
+        for i, d in enumerate(deviations):
+            if not isinstance(d, dict):
+                raise ValueError(f"deviations[{i}]: expected a dict with {', '.join(DEVIATION_REQUIRED)}, "
+                                 f"got {type(d).__name__}")
+            missing = [k for k in DEVIATION_REQUIRED if d.get(k) is None]
+            if missing:
+                raise ValueError(f"deviations[{i}] ({d.get('key', 'no key')}): missing {', '.join(missing)}; "
+                                 f"a deviation needs {', '.join(DEVIATION_REQUIRED)} "
+                                 f"(and may give {', '.join(DEVIATION_OPTIONAL)})")
+            clean_list.append({**{k: d.get(k) for k in DEVIATION_REQUIRED + DEVIATION_OPTIONAL}, **d})
+        self.writer.emit({"ev": "deviations", "deviations": clean_list}, snapshot=True)
+        return clean_list
+
+    def set_selftest(self, info: dict[str, Any]) -> None:
+        """For ``rig selftest``: what the self-test ran (faults, trials,
+        partial, coverage, labs), merged into the record's ``selftest_run``."""
+        self.writer.emit({"ev": "selftest.run", "selftest_run": dict(info)}, snapshot=True)
 
     # ------------------------------------------------------------------ the bus
     def attach_bus(self, endpoint) -> None:
