@@ -149,8 +149,9 @@ def collect(lab_path: Path, ini: Path) -> dict[str, Check]:
     plugin = Collected()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = pytest.main(_files() + _pytest_args(ini) + ["--collect-only", "--lab", str(lab_path)],
-                           plugins=[plugin])
+        # importlib: a suite module of the same name collected before in this process is not reused
+        code = pytest.main(_files() + _pytest_args(ini) + ["--collect-only", "--import-mode=importlib",
+                                                           "--lab", str(lab_path)], plugins=[plugin])
     if code != 0 or not plugin.checks:
         raise CollectionError(f"collecting the suites ({', '.join(Path(f).name for f in _files()) or 'none found'}) "
                               f"failed (pytest exit {int(code)}, {len(plugin.checks)} checks found):\n"
