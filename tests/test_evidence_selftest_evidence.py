@@ -238,3 +238,23 @@ def test_the_report_shows_deviations_in_red_and_what_each_check_was_shown_to_det
     row = next(r for r in detects.split("<tr>") if "test_disable_arm_then_the_meter_button_enables" in r)
     assert "skips_arm" in row and "v-passed" in row
     assert json.loads((st / "run.json").read_text())["kind"] == "selftest"
+
+
+def test_the_pack_says_why_the_self_test_it_uses_failed(tmp_path, store):
+    results = tmp_path / "runs"
+    run = results / "20261124T010000Z-selfbad"
+    rec = RunRecorder(run, lab_path=ROOT / "lab.yaml", store_url=store, argv=["rig", "selftest"], junit=None,
+                      kind="selftest").start()
+    rec.set_selftest({"partial": False, "coverage": {"complete": False, "unclaimed_checks": ["test_load_limit"],
+                                                     "unclaimed_faults": ["misses_mirror_sync"]}})
+    rec.test_started({"nodeid": "selftest::test_safety::test_x", "name": "test_x", "safety_properties": [2]})
+    ev = rec.evidence_for("selftest::test_safety::test_x")
+    ev.selftest("test_x", "skips_arm", "passed", "failed", safety_property=2)
+    rec.test_finished({"nodeid": "selftest::test_safety::test_x", "verdict": "failed", **ev.entries()})
+    rec.finish("failed", 1)
+    seal_run(run)
+    night = nightly(results, store)
+    alarm = _text(_section(build(night, tmp_path / "pack.html")[0].read_text(), 'id="selftest-problems"', "</div>"))
+    assert "1 self-check(s) did not give their expected verdict (test_x against skips_arm)" in alarm
+    assert "checks naming no fault: test_load_limit" in alarm
+    assert "fault profiles no check claims: misses_mirror_sync" in alarm

@@ -234,6 +234,28 @@ def suites_match(rec: dict[str, Any], selftest: dict[str, Any]) -> tuple[bool | 
     return True, f"the same suites as this run ({', '.join(files)}: equal SHA-256)"
 
 
+def why_selftest_failed(st: dict[str, Any]) -> str:
+    """What a failed self-test run's record says went wrong, in a sentence."""
+    reasons = []
+    broken = sorted({f"{e.get('check')} against {e.get('fault') or 'the healthy device'}"
+                     for e in st.get("selftest") or [] if not e.get("ok")})
+    if broken:
+        reasons.append(f"{len(broken)} self-check(s) did not give their expected verdict ({'; '.join(broken[:5])}"
+                       f"{'; ...' if len(broken) > 5 else ''})")
+    scope = st.get("selftest_run") or {}
+    empty = [label for label, lab in (scope.get("labs") or {}).items() if not lab.get("ran")]
+    if empty:
+        reasons.append(f"lab(s) {', '.join(empty)} ran no check")
+    cover = scope.get("coverage") or {}
+    if cover.get("unclaimed_checks") and not scope.get("partial"):
+        reasons.append(f"checks naming no fault: {', '.join(cover['unclaimed_checks'])}")
+    if cover.get("unclaimed_faults") and not scope.get("partial"):
+        reasons.append(f"fault profiles no check claims: {', '.join(cover['unclaimed_faults'])}")
+    if cover.get("unknown_faults") and not scope.get("partial"):
+        reasons.append(f"unknown fault profiles named: {', '.join(sorted({f for fs in cover['unknown_faults'].values() for f in fs}))}")
+    return "; ".join(reasons) or "see its report"
+
+
 def _store_path(url: str, cwd: str | None) -> Path | None:
     """The SQLite file of a store URL, relative to where the run was made."""
     from .store import _sqlite_path
@@ -343,8 +365,8 @@ def context(run_dir: Path, rec: dict[str, Any], selftest_dir: Path | None = None
             selftest_problems.append(f"the self-test run {other.get('id')} does not match its manifest")
             selftest_valid = False
         if other.get("status") != "passed":
-            selftest_problems.append(f"the self-test run {other.get('id')} {other.get('status')}: some checks "
-                                     "were not shown to fail against their faults")
+            selftest_problems.append(f"the self-test run {other.get('id')} {other.get('status')}: "
+                                     f"{why_selftest_failed(other)}")
         if selftest_run["lab"] != (rec.get("lab") or {}).get("name"):
             selftest_problems.append(f"the self-test ran lab {selftest_run['lab']}, this run lab "
                                      f"{(rec.get('lab') or {}).get('name')}")
