@@ -377,7 +377,7 @@ def run_selftest(lab_path: Path, bench: str | None = None, trials: int = 2, only
         run_dir = new_run_dir(results)
         console.print(f"self-test run folder: {run_dir}")
         recorder = RunRecorder(run_dir, lab_path=lab_path, bench=bench, store_url=cfg.lab.results.store,
-                               junit=None, kind="selftest").start()
+                               junit=None).start()
         labs: list[tuple[str, str, str | None, list[Check]]] = [("healthy", healthy_text, None, healthy_checks)]
         placement_problems: list[str] = []
         catalogue = fault_catalogue()

@@ -77,8 +77,7 @@ def selftest(results: Path, store: str, name: str = "20261124T010000Z-self01", f
     """A sealed `rig selftest` run: the button check shown to detect each of
     ``faults``, the replay check shown to detect accepts_replayed_ppmid."""
     run = results / name
-    rec = RunRecorder(run, lab_path=ROOT / "lab.yaml", store_url=store, argv=["rig", "selftest"], junit=None,
-                      kind="selftest").start()
+    rec = RunRecorder(run, lab_path=ROOT / "lab.yaml", store_url=store, argv=["rig", "selftest"], junit=None).start()
     rec.set_selftest({"faults": list(faults) + ["accepts_replayed_ppmid"], "partial": False,
                       "suite_files": ["test_outage.py", "test_safety.py"]})
     for check, props, shown in (("test_disable_arm_then_the_meter_button_enables", [2], list(faults)),
@@ -243,8 +242,7 @@ def test_the_report_shows_deviations_in_red_and_what_each_check_was_shown_to_det
 def test_the_pack_says_why_the_self_test_it_uses_failed(tmp_path, store):
     results = tmp_path / "runs"
     run = results / "20261124T010000Z-selfbad"
-    rec = RunRecorder(run, lab_path=ROOT / "lab.yaml", store_url=store, argv=["rig", "selftest"], junit=None,
-                      kind="selftest").start()
+    rec = RunRecorder(run, lab_path=ROOT / "lab.yaml", store_url=store, argv=["rig", "selftest"], junit=None).start()
     rec.set_selftest({"partial": False, "coverage": {"complete": False, "unclaimed_checks": ["test_load_limit"],
                                                      "unclaimed_faults": ["misses_mirror_sync"]}})
     rec.test_started({"nodeid": "selftest::test_safety::test_x", "name": "test_x", "safety_properties": [2]})

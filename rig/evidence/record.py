@@ -147,6 +147,7 @@ def apply(rec: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     elif ev == "deviations":
         rec["deviations"] = list(event.get("deviations") or [])
     elif ev == "selftest.run":
+        rec["kind"] = "selftest"
         rec["selftest_run"] = {**(rec.get("selftest_run") or {}), **(event.get("selftest_run") or {})}
     elif ev == "run.end":
         rec.update({"complete": bool(event.get("complete", True)), "status": event["status"],

@@ -55,14 +55,13 @@ def stamp(clock: LabClock) -> dict[str, float]:
 class RunRecorder:
     def __init__(self, run_dir: str | Path, lab_path: str | Path | None = None, bench: str | None = None,
                  store_url: str | None = None, argv: list[str] | None = None, clock: LabClock | None = None,
-                 junit: str | Path | None = JUNIT_FILE, kind: str = "run"):
+                 junit: str | Path | None = JUNIT_FILE):
         self.run_dir = Path(run_dir)
         self.lab_path = Path(lab_path) if lab_path else None
         self.bench = bench
         self.store_url = store_url
         self.argv = list(argv if argv is not None else sys.argv)
         self.junit = junit
-        self.kind = kind
         if clock is not None:
             self.clock, self.clock_source = clock, "given"
         elif os.environ.get(ENV_VAR):
@@ -108,10 +107,11 @@ class RunRecorder:
             "id": self.run_dir.name, "started": stamp(self.clock), "host": socket.gethostname(), "pid": os.getpid(),
             "argv": self.argv, "cwd": os.getcwd(), "lab": lab_section(self.lab_path, self.cfg, error),
             "bench": self.bench, "clock": self._clock_info(), "software": software(), "hardware": hardware,
-            "store_url": redact(self.store_url), "kind": self.kind, "suites": suites_section(),
+            "store_url": redact(self.store_url),
             "files": {"journal": JOURNAL_FILE, "junit": self._junit_path(), "lab": LAB_FILE if self.lab_path else None,
                       "logs": LOG_DIR, "bus_capture": None},
         }
+        run["suites"] = suites_section()  # the self-test of these suites vouches for this run's checks
         self.writer.emit({"ev": "run.start", "run": run}, snapshot=True)
         self._open_store()
         return self
@@ -182,7 +182,8 @@ class RunRecorder:
 
     def set_selftest(self, info: dict[str, Any]) -> None:
         """For ``rig selftest``: what the self-test ran (faults, trials,
-        partial, coverage, labs), merged into the record's ``selftest_run``."""
+        partial, coverage, labs), merged into the record's ``selftest_run``;
+        the record's ``kind`` becomes ``"selftest"``."""
         self.writer.emit({"ev": "selftest.run", "selftest_run": dict(info)}, snapshot=True)
 
     # ------------------------------------------------------------------ the bus

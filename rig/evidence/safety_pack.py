@@ -323,57 +323,71 @@ def find_selftest(run_dir: Path, rec: dict[str, Any]) -> tuple[Path | None, str,
     return best[1], best[2], notes
 
 
+def resolve_selftest(run_dir: Path, rec: dict[str, Any], selftest_dir: Path | None = None,
+                     search: bool = True) -> dict[str, Any]:
+    """Which self-test vouches for ``rec``'s checks, and what is wrong with it.
+
+    ``selftest_dir`` given: that run.  Else a run with self-checks of its own
+    (a self-test run) uses them; a run with none (a nightly run) takes the
+    latest sealed self-test of its lab (``search``).  Returns ``{"run"``: the
+    self-test's id, hash, integrity, status, where it was found, whether it
+    ran the same suites ... or None; ``"entries"``: its self-check entries or
+    None (use the run's own); ``"problems"``: sentences for the red box;
+    ``"notes"``; ``"valid"``: False when its self-checks prove nothing here}."""
+    out: dict[str, Any] = {"run": None, "entries": None, "problems": [], "notes": [], "valid": True}
+    problems = out["problems"]
+    where = "given with --selftest"
+    lab = (rec.get("lab") or {}).get("name")
+    if selftest_dir is None and search and not rec.get("selftest"):
+        selftest_dir, where, out["notes"] = find_selftest(Path(run_dir), rec)
+        if selftest_dir is None:
+            out["valid"] = False
+            searched = f"the results folder {Path(run_dir).resolve().parent}" + (
+                f" or the results store {rec.get('store_url')}" if rec.get("store_url") else "")
+            problems.append(f"no sealed self-test run of lab {lab or '?'} in {searched}: nothing shows these checks "
+                            "can fail; run `rig selftest` and build the pack again (or give --selftest RUN)")
+    if selftest_dir is None:
+        return out
+    other = load_run(selftest_dir)
+    st_digest, st_integrity = _sealed(Path(selftest_dir))
+    match, match_text = suites_match(rec, other)
+    scope = other.get("selftest_run") or {}
+    out["run"] = {"id": other.get("id"), "digest": st_digest, "integrity": st_integrity,
+                  "status": other.get("status"), "where": where, "path": str(selftest_dir),
+                  "started": (other.get("started") or {}).get("wall"), "suites_match": match,
+                  "suites_text": match_text, "partial": scope.get("partial"), "faults": scope.get("faults"),
+                  "lab": (other.get("lab") or {}).get("name")}
+    out["entries"] = other.get("selftest", [])
+    if not is_selftest_run(other):
+        problems.append(f"{selftest_dir} is not a `rig selftest` run")
+        out["valid"] = False
+    if match is not True:
+        problems.append(match_text)
+        out["valid"] = out["valid"] and match is None
+    if not st_integrity["intact"]:
+        problems.append(f"the self-test run {other.get('id')} does not match its manifest")
+        out["valid"] = False
+    if other.get("status") != "passed":
+        problems.append(f"the self-test run {other.get('id')} {other.get('status')}: {why_selftest_failed(other)}")
+    if out["run"]["lab"] != lab:
+        problems.append(f"the self-test ran lab {out['run']['lab']}, this run lab {lab}")
+    if scope.get("partial"):
+        problems.append(f"a partial self-test: fault profiles {', '.join(scope.get('faults') or [])} only")
+    return out
+
+
 def context(run_dir: Path, rec: dict[str, Any], selftest_dir: Path | None = None,
             search: bool = True) -> dict[str, Any]:
     """The pack's content.  With ``selftest_dir`` (a ``rig selftest`` run) the
     self-check results come from that run, whose hash the pack quotes too;
     without it, a run with no self-checks of its own takes them from the
-    latest sealed self-test of its lab (``search``)."""
+    latest sealed self-test of its lab (``search``; :func:`resolve_selftest`)."""
     catalogue = Catalogue.load()
     digest, integrity = _sealed(run_dir)
-    selftest_run = None
-    selftest_problems: list[str] = []
-    selftest_valid = True
-    where = "given with --selftest"
-    notes: list[str] = []
-    if selftest_dir is None and search and not rec.get("selftest"):
-        selftest_dir, where, notes = find_selftest(Path(run_dir), rec)
-        if selftest_dir is None:
-            selftest_valid = False
-            searched = f"the results folder {Path(run_dir).resolve().parent}" + (
-                f" or the results store {rec.get('store_url')}" if rec.get("store_url") else "")
-            selftest_problems.append(f"no sealed self-test run of lab {(rec.get('lab') or {}).get('name') or '?'} "
-                                     f"in {searched}: nothing shows these checks can fail; run `rig selftest` "
-                                     f"and build the pack again (or give --selftest RUN)")
-    if selftest_dir is not None:
-        other = load_run(selftest_dir)
-        st_digest, st_integrity = _sealed(Path(selftest_dir))
-        match, match_text = suites_match(rec, other)
-        scope = other.get("selftest_run") or {}
-        selftest_run = {"id": other.get("id"), "digest": st_digest, "integrity": st_integrity,
-                        "status": other.get("status"), "where": where, "path": str(selftest_dir),
-                        "started": (other.get("started") or {}).get("wall"), "suites_match": match,
-                        "suites_text": match_text, "partial": scope.get("partial"), "faults": scope.get("faults"),
-                        "lab": (other.get("lab") or {}).get("name")}
-        if not is_selftest_run(other):
-            selftest_problems.append(f"{selftest_dir} is not a `rig selftest` run")
-            selftest_valid = False
-        if match is not True:
-            selftest_problems.append(match_text)
-            selftest_valid = selftest_valid and match is None
-        if not st_integrity["intact"]:
-            selftest_problems.append(f"the self-test run {other.get('id')} does not match its manifest")
-            selftest_valid = False
-        if other.get("status") != "passed":
-            selftest_problems.append(f"the self-test run {other.get('id')} {other.get('status')}: "
-                                     f"{why_selftest_failed(other)}")
-        if selftest_run["lab"] != (rec.get("lab") or {}).get("name"):
-            selftest_problems.append(f"the self-test ran lab {selftest_run['lab']}, this run lab "
-                                     f"{(rec.get('lab') or {}).get('name')}")
-        if scope.get("partial"):
-            selftest_problems.append(f"a partial self-test: fault profiles {', '.join(scope.get('faults') or [])} "
-                                     "only")
-        rec = {**rec, "selftest": other.get("selftest", [])}
+    st = resolve_selftest(run_dir, rec, selftest_dir, search)
+    selftest_run, selftest_problems, notes, selftest_valid = st["run"], st["problems"], st["notes"], st["valid"]
+    if st["entries"] is not None:
+        rec = {**rec, "selftest": st["entries"]}
     rows = property_rows(rec, catalogue, selftest_valid)
     return {"rec": rec, "rows": rows, "digest": digest, "integrity": integrity, "selftest_run": selftest_run,
             "selftest_problems": selftest_problems, "selftest_notes": notes,
@@ -387,7 +401,7 @@ def context(run_dir: Path, rec: dict[str, Any], selftest_dir: Path | None = None
 
 
 def build(run_dir: str | Path, out: str | Path | None = None, pdf: bool = False,
-          selftest_dir: str | Path | None = None, info: dict[str, Any] | None = None) -> tuple[Path, Path | None]:
+          selftest_dir: str | Path | None = None) -> tuple[Path, Path | None]:
     """Write the pack (HTML, and PDF through headless Chromium if ``pdf``);
     default ``out``: ``<run folder>.safety.html`` beside the run folder, so
     the sealed folder itself is not changed.  ``selftest_dir``: the
@@ -396,8 +410,6 @@ def build(run_dir: str | Path, out: str | Path | None = None, pdf: bool = False,
     rec = load_run(run_dir)
     out = Path(out) if out else run_dir.with_name(f"{run_dir.name}.safety.html")
     ctx = context(run_dir, rec, Path(selftest_dir) if selftest_dir else None)
-    if info is not None:  # for the command line: which self-test vouched, and what is wrong with it
-        info.update({k: ctx[k] for k in ("selftest_run", "selftest_problems", "deviations", "overall")})
     out.write_text(environment().get_template("safety.html.j2").render(**ctx), encoding="utf-8")
     pdf_path = None
     if pdf:
