@@ -435,25 +435,32 @@ def run(
 def selftest(
     lab: Path = LabOpt,
     bench: Optional[str] = typer.Option(None, help="the bench to run on (default: the first)"),
-    trials: int = typer.Option(2, help="suites.safety.trials during the self-test"),
-    fault: Optional[str] = typer.Option(None, help="only this fault profile (and the healthy run)"),
+    trials: int = typer.Option(2, min=1, help="suites.safety.trials during the self-test"),
+    fault: Optional[str] = typer.Option(None, help="only this fault profile (and, healthy, the checks that claim it)"),
+    faults: Optional[str] = typer.Option(None, help="only these fault profiles, comma-separated, e.g. "
+                                         "skips_arm,utrn_reuse (and, healthy, the checks that claim them)"),
     results: Optional[Path] = typer.Option(None, help="results directory (default: lab.yaml results.dir)"),
-    jobs: int = typer.Option(1, help="labs run at once (each is a broker, an agent, a simulated bench and pytest); "
-                             "more is faster, but at clock scale 60 a loaded machine's jitter is lab seconds"),
+    jobs: int = typer.Option(1, min=1, help="labs run at once (each is a broker, an agent, a simulated bench and "
+                             "pytest); more is faster, but at clock scale 60 a loaded machine's jitter is lab seconds"),
 ) -> None:
     """Show that every safety and outage check fails against the device fault that breaks it.
 
     Runs each check on the healthy lab (it must pass), then brings the lab up with
     each fault profile its checks name (detects) and runs them (each must fail).
-    Writes a sealed run folder; exits non-zero if any check cannot be shown to fail."""
-    from .selftest import CollectionError, run_selftest
+    Writes a sealed run folder; exits 1 if any check cannot be shown to fail, if a
+    lab ran no check, or (full run) if a safety or outage check names no fault or a
+    fault profile of rig/faults.py is claimed by no check; 2 on bad arguments."""
+    from .selftest import CollectionError, SelftestUsageError, run_selftest
 
     load(lab)
     try:
         code = run_selftest(lab, bench=bench, trials=trials, only_fault=fault, results_dir=results, console=console,
-                            jobs=jobs)
+                            jobs=jobs, faults=[faults] if faults else None)
+    except SelftestUsageError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     except CollectionError as exc:
-        console.print(f"[red]self-test cannot run:[/red] {exc}", highlight=False)
+        console.print(f"[red]self-test cannot run:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
 

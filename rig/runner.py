@@ -116,9 +116,29 @@ def run_suites(cfg: LabConfig, lab_path: Path, suites: str | None = None, keywor
     if code != 0:
         explain_failures(run_dir, console)
     console.print(f"{verdict}  results: {run_dir}")
+    explain_deviations(run_dir, console)
     console.print(f"  report: {sealed.report}  run hash: {sealed.manifest_sha256}")
     if sealed.report_error:
         console.print(f"  [yellow]report not written: {sealed.report_error}[/yellow]")
     if sealed.store_error:
         console.print(f"  [yellow]results store not updated: {sealed.store_error}[/yellow]")
     return code
+
+
+def explain_deviations(run_dir: Path, console: Console) -> None:
+    """One red line naming the lab's declared deviations from the requirement values, if any."""
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return
+    devs = [d for d in record.get("deviations") or [] if isinstance(d, dict)]
+    if not devs:
+        return
+
+    def one(d: dict) -> str:
+        units = f" {d['units']}" if d.get("units") else ""
+        req = f"{d['requirement']}: " if d.get("requirement") else ""
+        return f"{d.get('key')} = {d.get('value')}{units} ({req}requirement value {d.get('reference')}{units})"
+
+    console.print(f"  [red]lab deviations from the requirement values:[/red] {escape('; '.join(one(d) for d in devs))}",
+                  highlight=False)
