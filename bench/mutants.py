@@ -57,7 +57,7 @@ TARGETS: dict[str, set[str] | None] = {
                       "_load_limit_trip", "_load_limit_restore", "_mains_return", "_han_command", "_no_change",
                       "TABLE"},
     "rig/sim/esme.py": {"freshness", "apply", "alert", "_drive_contactor", "_actual", "_supply_lost",
-                        "_supply_restored", "_late_alert", "_stale", "_ppmid_command", "_local_enable", "_hold",
+                        "_supply_restored", "_stale", "_ppmid_command", "_local_enable", "_hold",
                         "_check_credit", "_lift_credit_disablement", "_load_limit_due", "_load_limit_restore"},
     "rig/sim/wan.py": {"hub_lost_power", "hub_power_restored", "_outage_due", "routes"},
 }
@@ -107,6 +107,20 @@ class _Sites(ast.NodeVisitor):
         self.generic_visit(node)
         self._fn.pop()
 
+    def _fault_only(self, node: ast.If) -> None:
+        """A branch taken only by a fault profile or a declared non-default policy: its condition is
+        mutated (a healthy meter taking it must be caught), not its body (code the healthy meter never
+        runs: every mutant of it would survive as an equivalent)."""
+        self._stack.append(0)
+        self.visit(node.test)
+        self._stack.pop()
+        for i, child in enumerate(ast.iter_child_nodes(node)):
+            if child is node.test or child in node.body:
+                continue
+            self._stack.append(i)
+            self.visit(child)
+            self._stack.pop()
+
     def _in_scope(self) -> bool:
         if self.functions is None:
             return True
@@ -119,6 +133,10 @@ class _Sites(ast.NodeVisitor):
     def visit(self, node: ast.AST) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return self._scoped(node.name, node)
+        if isinstance(node, ast.If) and _mentions_fault(node.test):
+            if self._in_scope() and not isinstance(node.test, (ast.UnaryOp, ast.Compare, ast.BoolOp)):
+                self._add(node, "negate")
+            return self._fault_only(node)
         if not self._fn and isinstance(node, (ast.Assign, ast.AnnAssign)):
             target = node.targets[0] if isinstance(node, ast.Assign) else node.target
             if isinstance(target, ast.Name):          # a module-level table: TABLE = {...}
@@ -159,6 +177,15 @@ def _bookkeeping(node: ast.AST, function: str) -> bool:
     if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Attribute):
         return False
     return call.func.attr in _QUIET or (call.func.attr == "record" and function not in _LOGGED)
+
+
+#: names that mark a branch for a fault profile or a declared non-default policy
+_FAULT_NAMES = {"quirks", "rules", "policy", "faults"}
+
+
+def _mentions_fault(test: ast.AST) -> bool:
+    return any((isinstance(n, ast.Attribute) and n.attr in _FAULT_NAMES) or (isinstance(n, ast.Name) and n.id in
+               _FAULT_NAMES) for n in ast.walk(test))
 
 
 def _docstring_like(node: ast.AST) -> bool:
@@ -262,10 +289,11 @@ def run_suites(overlay: Path | None, tmp: Path, timeout: float) -> tuple[str, st
     env = dict(os.environ)
     if overlay is not None:
         env["PYTHONPATH"] = str(overlay) + os.pathsep + env.get("PYTHONPATH", "")
-    files = [str(SUITES / f"test_{s}.py") for s in ("safety", "outage", "han")]
+    suites = overlay / "rig" / "suites" if overlay is not None else SUITES   # the suites of the code under test
+    files = [str(suites / f"test_{s}.py") for s in ("safety", "outage", "han")]
     started = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", *files, "-c", str(ini), "--rootdir", str(SUITES),
+        proc = subprocess.run([sys.executable, "-m", "pytest", *files, "-c", str(ini), "--rootdir", str(suites),
                                "-p", "no:cacheprovider", "-x", "-q", "--lab", str(lab_file(tmp)), "-rf"],
                               cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -281,7 +309,7 @@ def run_suites(overlay: Path | None, tmp: Path, timeout: float) -> tuple[str, st
 
 def run_mutant(m: Mutant, work: Path, timeout: float) -> dict:
     overlay = work / f"m{m.id}" / "overlay"
-    shutil.copytree(ROOT / "rig", overlay / "rig", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(work / "base" / "rig", overlay / "rig")
     (overlay / m.file).write_text(m.source)
     verdict, detail, wall = run_suites(overlay, work / f"m{m.id}" / "run", timeout)
     shutil.rmtree(work / f"m{m.id}", ignore_errors=True)
@@ -308,10 +336,16 @@ def main() -> int:
     equivalent = yaml.safe_load(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
     equivalent = {str(k): v for k, v in (equivalent or {}).items()}
     work = Path(tempfile.mkdtemp(prefix="rig-mutants-"))
+    # one snapshot of the package: every mutant is one edit of the same code, even if the tree changes meanwhile
+    shutil.copytree(ROOT / "rig", work / "base" / "rig", ignore=shutil.ignore_patterns("__pycache__"))
+    for m in chosen:
+        if (ROOT / m.file).read_text() != (work / "base" / m.file).read_text():
+            print(f"{m.file} changed while the mutants were being made: run again")
+            return 2
     print(f"{len(chosen)} mutants of {', '.join(TARGETS)}; the safety, outage and HAN suites on the default lab "
           f"(trials 1), {args.jobs} at a time; work in {work}", flush=True)
     started = time.monotonic()
-    base = run_suites(None, work / "unmutated", args.timeout)
+    base = run_suites(work / "base", work / "unmutated", args.timeout)
     if base[0] != "survived":
         print(f"the unmutated code does not pass the suites ({base[0]}: {base[1]}): nothing to measure")
         return 2

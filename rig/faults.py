@@ -103,6 +103,8 @@ FAULTS: dict[str, dict[str, str]] = {
             "sends an enable by itself when its display shows the supply armed",
         "slow_to_send":
             "sends the enable 8 s after the hold ends (stamped with the hold's time)",
+        "talks_past_the_hub":
+            "sends its frames for the meter straight to it, not through the comms hub (the coordinator)",
     },
     "gsme": {
         "misses_mirror_sync":
@@ -111,6 +113,8 @@ FAULTS: dict[str, dict[str, str]] = {
     "ihd": {
         "writes_configuration":
             "writes the meter's load-limit threshold at every refresh",
+        "speaks_proprietary":
+            "sends a proprietary frame (not ZCL) to the meter at every refresh",
     },
 }
 
@@ -155,8 +159,10 @@ BREAKS: dict[str, tuple[str, ...]] = {
     "enables_without_hold": ("SUP-7", "P2"),
     "auto_enables_when_armed": ("SUP-2", "P2"),
     "slow_to_send": ("P2",),
+    "talks_past_the_hub": ("HAN-2",),
     "misses_mirror_sync": ("HAN-7",),
     "writes_configuration": ("HAN-6",),
+    "speaks_proprietary": ("HAN-1",),
 }
 
 

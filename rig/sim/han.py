@@ -555,6 +555,8 @@ class HanRadio:
         self.accept_replays = False
         self.accept_forged = False
         self.forged_dropped = 0
+        #: send to a peer directly instead of through the coordinator (a fault profile)
+        self.direct = False
         self.links: dict[tuple[str, str], LinkState] = {}
         self._counter = 0
         self._tsn = 0
@@ -709,7 +711,7 @@ class HanRadio:
             if done is not None:
                 done(False)
             return
-        if frame.dst in self.medium.radios and (self.coordinator or frame.dst == self.parent()):
+        if frame.dst in self.medium.radios and (self.coordinator or self.direct or frame.dst == self.parent()):
             nxt = frame.dst
         else:
             nxt = self.parent()

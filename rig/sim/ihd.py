@@ -7,7 +7,8 @@ itself), and shows them.  It is a read-only device: it sends no write or
 function call, and the meter refuses any from it (HAN-6).  Bus op
 ``press("display")`` turns the page.  Fault ``writes_configuration``: at
 each refresh it also writes the meter's load-limit threshold (a consumer
-access device that changes configuration).
+access device that changes configuration); ``speaks_proprietary``: it also
+sends a frame that is not ZCL (HAN-1).
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class Ihd(Twin):
             self.radio.request(self.meter, zcl.LoadLimit.cluster_id,
                                zcl.write_attributes(zcl.LoadLimit, {"threshold_w": 20000}, tsn=tsn), tsn,
                                RESPONSE_TIMEOUT)
+        if self.meter and ok and "speaks_proprietary" in self.faults:
+            self.radio.send(self.meter, 0xFC01, b"\x55\xaa" + bytes(8))   # not a ZCL frame
         if self.hub and ok:
             g = self._read(self.hub, zcl.Metering, ["current_summ_delivered", "remaining_battery_life"])
             if g is None:

@@ -24,7 +24,9 @@ meter did not answer, e.g. while it had no mains, and sends it re-stamped
 when the meter answers again), ``enables_without_hold`` (a press of enable
 sends it), ``auto_enables_when_armed`` (sends enable by itself when its
 display shows the supply armed), ``slow_to_send`` (sends the enable
-:data:`SLOW_SEND` lab seconds after the hold, with the hold's time).
+:data:`SLOW_SEND` lab seconds after the hold, with the hold's time),
+``talks_past_the_hub`` (sends to the meter directly, not through the
+coordinator: HAN-2).
 
 The display mirrors the meter's prepayment items (credit, emergency credit,
 low credit, supply state), read from the meter every
@@ -64,6 +66,7 @@ class Quirks:
     enables_without_hold: bool = False
     auto_enables_when_armed: bool = False
     slow_to_send: bool = False
+    talks_past_the_hub: bool = False
 
     @classmethod
     def of(cls, faults: set[str]) -> "Quirks":
@@ -91,6 +94,7 @@ class Ppmid(Twin):
             (n for n, d in bench.devices.items() if d.kind == "esme"), None)
         self.hold_time = cfg.settings.hold_time
         self.quirks = Quirks.of(self.faults)
+        self.radio.direct = self.quirks.talks_past_the_hub
         self._auto_sent_for: float | None = None
         self.prompt_until = float("-inf")
         self.page = 0

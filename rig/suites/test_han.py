@@ -34,6 +34,7 @@ def _window(bench, han_tap, clock):
 
 
 @pytest.mark.requirement("HAN-1")
+@pytest.mark.detects("speaks_proprietary")
 def test_the_han_speaks_zigbee_smart_energy(bench, powered, han_tap, clock, measure, step):
     """HAN-1: a minute of the bench's HAN traffic, every application frame a
     ZCL frame the tap decodes, on a Smart Energy cluster."""
@@ -48,6 +49,7 @@ def test_the_han_speaks_zigbee_smart_energy(bench, powered, han_tap, clock, meas
 
 
 @pytest.mark.requirement("HAN-2")
+@pytest.mark.detects("talks_past_the_hub")
 def test_the_hub_is_the_coordinator(bench, powered, han_tap, clock, measure, step):
     """HAN-2: frames between two devices go through the comms hub (their
     first hop is the hub), and every device of the bench is heard."""
