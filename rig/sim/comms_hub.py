@@ -114,7 +114,7 @@ class CommsHub(Twin):
             if present == self.mains:
                 return
             self.mains = present
-            now = self.clock.now()
+            now = self.physics.event_time()
             if not present:
                 if "no_reserve" in self.faults or self.s.reserve_seconds <= 0:
                     self._go_dark("mains lost, no reserve")

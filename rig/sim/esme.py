@@ -286,9 +286,9 @@ class Esme(Twin):
             present = self.physics.supply_present()
             if present != self.powered:
                 if present:
-                    self._supply_restored()
+                    self._supply_restored(self.physics.event_time())
                 else:
-                    self._supply_lost()
+                    self._supply_lost(self.physics.event_time())
             if self.powered:
                 self._check_power_quality()
                 self._check_load_limit()
@@ -325,8 +325,7 @@ class Esme(Twin):
         self._tick_handle = self.loop.call_later(max(delay, 1e-3), self._tick)
 
     # ------------------------------------------------------------------ outages (OUT-1, OUT-3)
-    def _supply_lost(self) -> None:
-        t0 = self.clock.now()
+    def _supply_lost(self, t0: float) -> None:
         self.powered = False
         self.outage_start = t0
         self.prompt_until = float("-inf")
@@ -337,7 +336,7 @@ class Esme(Twin):
         if self.quirks.misses_flicker:
             self.loop.call_later(FLICKER_SECONDS, self._late_loss_log, t0)
         else:
-            self.record("supply_lost", AlertCode.SUPPLY_INTERRUPTED, outage_start=t0)
+            self.record("supply_lost", AlertCode.SUPPLY_INTERRUPTED, outage_start=t0, ts=t0)
         if self.quirks.alert_storm:
             # an alert to the network operator on every interruption, sent on the supply capacitor
             self.alert(AlertCode.SUPPLY_INTERRUPTED, last_gasp=True, outage_start=t0)
@@ -348,8 +347,7 @@ class Esme(Twin):
             if not self.powered and self.outage_start == t0:
                 self.record("supply_lost", AlertCode.SUPPLY_INTERRUPTED, outage_start=t0)
 
-    def _supply_restored(self) -> None:
-        t1 = self.clock.now()
+    def _supply_restored(self, t1: float) -> None:
         self.powered = True
         t0 = self.outage_start if self.outage_start is not None else t1
         self.outage_start = None
@@ -362,7 +360,7 @@ class Esme(Twin):
             return
         long = duration >= self.s.outage_alert_period and not self.quirks.wrong_restore_code
         code = AlertCode.SUPPLY_OUTAGE_RESTORED_LONG if long else AlertCode.SUPPLY_OUTAGE_RESTORED
-        self.record("supply_restored", code, outage_start=t0, duration=duration)
+        self.record("supply_restored", code, outage_start=t0, duration=duration, ts=t1)
         if self.quirks.no_restore_alert:
             return
         if self.quirks.late_restore_alert:
