@@ -77,6 +77,8 @@ FAULTS: dict[str, dict[str, str]] = {
             "carries out remote commands addressed to another premises",
         "no_power_quality_alerts":
             "raises no voltage sag/swell alerts",
+        "register_runs_fast":
+            "its energy register counts 3 % more than flows through it",
     },
     "comms_hub": {
         "drops_outage_alerts":
@@ -149,6 +151,7 @@ BREAKS: dict[str, tuple[str, ...]] = {
     "welded_contactor": ("P6", "SUP-1"),
     "ignores_premises": ("SUP-10",),
     "no_power_quality_alerts": ("OUT-6",),
+    "register_runs_fast": ("DATA-2",),
     "drops_outage_alerts": ("OUT-2", "OUT-3", "OUT-5"),
     "no_reserve": ("OUT-5", "OUT-2"),
     "no_outage_alert": ("OUT-2",),

@@ -57,7 +57,7 @@ from .launch import LabUp
 from .runner import SUITES_DIR, new_run_dir
 
 #: the suites every check of which must name the faults it detects
-CHECKED_SUITES = ("safety", "outage", "han")
+CHECKED_SUITES = ("safety", "outage", "han", "metrology")
 #: lines of a lab's pytest log quoted when it ran no check
 LOG_TAIL_LINES = 25
 

@@ -62,6 +62,8 @@ FLICKER_SECONDS = 5.0
 LATE_RESTORE_DELAY = 60.0
 #: long_freshness_window: the stale-command window of the faulty meter, lab seconds
 LONG_FRESHNESS = 30.0
+#: register_runs_fast: the faulty meter's register counts this much of what flows
+REGISTER_FAST = 1.03
 #: event log entries kept
 LOG_SIZE = 2000
 #: longest wait between metrology ticks, lab seconds
@@ -106,6 +108,7 @@ class Quirks:
     utrn_reuse: bool = False
     no_power_quality_alerts: bool = False
     accepts_han_config_write: bool = False
+    register_runs_fast: bool = False
 
     @classmethod
     def of(cls, faults: set[str]) -> "Quirks":
@@ -301,7 +304,7 @@ class Esme(Twin):
         self._ts = now
         if dt > 0 and self._power > 0:
             wh = self._power * dt / 3600.0
-            self.energy_wh += wh
+            self.energy_wh += wh * (REGISTER_FAST if self.quirks.register_runs_fast else 1.0)
             self.credit -= wh / 1000.0 * self.s.tariff
             self._check_credit()
         self._power = self.physics.load_power() if self.wired and self.powered else 0.0
