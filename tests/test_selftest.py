@@ -172,7 +172,6 @@ def test_a_check_naming_an_unknown_fault_is_a_gap():
 
 @pytest.mark.parametrize("faults, message", [
     ("no_such_fault", "unknown fault profile 'no_such_fault'; the checks name:"),
-    ("accepts_stale_ppmid", "detected only together with others: accepts_stale_ppmid+queues_presses"),
 ])
 def test_a_bad_fault_name_is_a_usage_error(tmp_path, monkeypatch, capsys, faults, message):
     from rig.cli import main
