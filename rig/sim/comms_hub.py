@@ -31,6 +31,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -38,7 +39,7 @@ from pydantic import BaseModel, Field
 from ..alerts import RESTORATION_ALERTS, AlertCode
 from ..bus import CommandContext, Refused
 from . import zcl
-from .devices import Twin, reject
+from .devices import FaultFlags, Twin, reject
 from .han import HanFrame, HanRadio
 
 if TYPE_CHECKING:
@@ -57,6 +58,17 @@ LINK_TEST_MAX_FRAMES = 1000
 LINK_TEST_SECONDS_PER_FRAME = 0.5
 
 
+@dataclass(frozen=True)
+class Quirks(FaultFlags):
+    """The hub's fault profiles, read once from lab.yaml."""
+
+    drops_outage_alerts: bool = False
+    no_reserve: bool = False
+    no_outage_alert: bool = False
+    outage_alert_early: bool = False
+    outage_alert_late: bool = False
+
+
 class LinkTestArgs(BaseModel):
     peer: str = Field(..., description="the device whose link to the hub is tested")
     band: Literal["2.4GHz", "868MHz"] | None = Field(None, description="default: the first band both have")
@@ -70,6 +82,7 @@ class CommsHub(Twin):
     def __init__(self, world, han, name, cfg):
         super().__init__(world, han, name, cfg)
         self.s = cfg.settings
+        self.quirks = Quirks.of(self.faults)
         self.physics = world.physics
         self.unmetered = world.cfg.wiring.hub_feed == "unmetered"
         mains = self.physics.supply_present() if self.unmetered else True
@@ -104,9 +117,9 @@ class CommsHub(Twin):
     def outage_alert_period(self) -> float:
         """The WAN provider's outage period for this hub's premises, lab seconds."""
         period = float(self.s.outage_alert_period)
-        if "outage_alert_early" in self.faults:
+        if self.quirks.outage_alert_early:
             return period - EARLY_BY
-        return period + LATE_BY if "outage_alert_late" in self.faults else period
+        return period + LATE_BY if self.quirks.outage_alert_late else period
 
     def _on_physics(self, _what: set[str]) -> None:
         present = self.physics.supply_present()
@@ -116,14 +129,14 @@ class CommsHub(Twin):
             self.mains = present
             now = self.physics.event_time()
             if not present:
-                if "no_reserve" in self.faults or self.s.reserve_seconds <= 0:
+                if self.quirks.no_reserve or self.s.reserve_seconds <= 0:
                     self._go_dark("mains lost, no reserve")
                 else:
                     self.power = "reserve"
                     self.reserve_until = now + self.s.reserve_seconds
                     self._reserve_handle = self.loop.call_later(self.s.reserve_seconds, self._reserve_empty)
                     self.event("power", state="reserve", until=self.reserve_until)
-                    if self.wan is not None and not self.faults & {"no_outage_alert", "drops_outage_alerts"}:
+                    if self.wan is not None and not (self.quirks.no_outage_alert or self.quirks.drops_outage_alerts):
                         self.wan.hub_lost_power(self.name, now, self.outage_alert_period(), self._premises())
             else:
                 if self._reserve_handle is not None:
@@ -176,7 +189,7 @@ class CommsHub(Twin):
 
     def _forward_alert(self, frame: HanFrame, alert: zcl.DeviceAlert) -> None:
         code = int(alert.alert_code)
-        if "drops_outage_alerts" in self.faults and code in OUTAGE_ALERTS:
+        if self.quirks.drops_outage_alerts and code in OUTAGE_ALERTS:
             self.alerts_dropped += 1
             return
         record = {"code": f"0x{code:04X}", "device": frame.src, "eui64": str(alert.source),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from dataclasses import fields
 import threading
 import uuid
 from collections.abc import Callable
@@ -180,6 +181,17 @@ class JournalArgs(BaseModel):
     cluster: int | None = None
     command: int | None = Field(None, description="cluster-specific command id")
     limit: int = Field(2000, ge=1, le=20000)
+
+
+class FaultFlags:
+    """Base of a twin's fault profiles as one frozen dataclass of flags, read
+    once from lab.yaml (``Quirks.of(cfg.faults)``): the logic tests a named
+    field, never a string."""
+
+    @classmethod
+    def of(cls, faults: "set[str] | list[str]"):
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{f: True for f in faults if f in names})
 
 
 def refresh_period(clock) -> float:

@@ -37,7 +37,7 @@ logic become :class:`rig.supply.Rules`, the others :class:`Quirks`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -47,7 +47,7 @@ from ..bus import CommandContext, Refused
 from ..supply import ArmCause, Party, Rules, Supply, SupplyMachine, Transition, Trigger
 from .physics import SUPPLY_PRESENT_V
 from . import zcl
-from .devices import Twin, reject
+from .devices import FaultFlags, Twin, reject
 from .han import HanFrame
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ REMOTE_TRIGGERS = {Supply.DISABLED: Trigger.REMOTE_DISABLE, Supply.ARMED: Trigge
 
 
 @dataclass(frozen=True)
-class Quirks:
+class Quirks(FaultFlags):
     """The meter's fault profiles outside the supply logic, read once from lab.yaml."""
 
     misses_flicker: bool = False
@@ -110,10 +110,6 @@ class Quirks:
     accepts_han_config_write: bool = False
     register_runs_fast: bool = False
 
-    @classmethod
-    def of(cls, faults: set[str]) -> "Quirks":
-        names = {f.name for f in fields(cls)}
-        return cls(**{f: True for f in faults if f in names})
 
 
 class PressArgs(BaseModel):

@@ -13,16 +13,25 @@ sends a frame that is not ZCL (HAN-1).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from ..bus import CommandContext
 from . import zcl
-from .devices import Twin
+from .devices import FaultFlags, Twin
 
 RESPONSE_TIMEOUT = 10.0
 SUPPLY = {0: "disabled", 1: "armed", 2: "enabled"}
+
+
+@dataclass(frozen=True)
+class Quirks(FaultFlags):
+    """The display's fault profiles, read once from lab.yaml."""
+
+    writes_configuration: bool = False
+    speaks_proprietary: bool = False
 
 
 class PressArgs(BaseModel):
@@ -38,6 +47,7 @@ class Ihd(Twin):
         self.meter = next((n for n, d in bench.devices.items() if d.kind == "esme"), None)
         self.hub = next((n for n, d in bench.devices.items() if d.kind == "comms_hub"), None)
         self.period = cfg.settings.refresh_period
+        self.quirks = Quirks.of(self.faults)
         self.shown: dict[str, Any] = {}
         self.updated: float | None = None
         self.signal = False
@@ -70,12 +80,12 @@ class Ihd(Twin):
                     "supply": SUPPLY.get(int(m.get("supply_status", 2))),
                     "credit": int(p.get("credit_remaining", 0)) / 100.0,
                 }
-        if self.meter and ok and "writes_configuration" in self.faults:
+        if self.meter and ok and self.quirks.writes_configuration:
             tsn = self.radio.next_tsn()
             self.radio.request(self.meter, zcl.LoadLimit.cluster_id,
                                zcl.write_attributes(zcl.LoadLimit, {"threshold_w": 20000}, tsn=tsn), tsn,
                                RESPONSE_TIMEOUT)
-        if self.meter and ok and "speaks_proprietary" in self.faults:
+        if self.meter and ok and self.quirks.speaks_proprietary:
             self.radio.send(self.meter, 0xFC01, b"\x55\xaa" + bytes(8))   # not a ZCL frame
         if self.hub and ok:
             g = self._read(self.hub, zcl.Metering, ["current_summ_delivered", "remaining_battery_life"])

@@ -36,14 +36,14 @@ low credit, supply state), read from the meter every
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from ..bus import CommandContext, Refused
 from . import zcl
-from .devices import Twin
+from .devices import FaultFlags, Twin
 from .han import HanFrame
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ SUPPLY = {0: "disabled", 1: "armed", 2: "enabled"}
 
 
 @dataclass(frozen=True)
-class Quirks:
+class Quirks(FaultFlags):
     """The PPMID's fault profiles, read once from lab.yaml."""
 
     queues_presses: bool = False
@@ -68,10 +68,6 @@ class Quirks:
     slow_to_send: bool = False
     talks_past_the_hub: bool = False
 
-    @classmethod
-    def of(cls, faults: set[str]) -> "Quirks":
-        names = {f.name for f in fields(cls)}
-        return cls(**{f: True for f in faults if f in names})
 
 
 class PressArgs(BaseModel):
