@@ -205,12 +205,11 @@ class PpmidHandle(DeviceHandle):
         return self.request("hold", timeout=seconds + DEFAULT_TIMEOUT, button=button, seconds=seconds)
 
     def enable(self, hold: float | None = None) -> dict[str, Any]:
-        """Enable supply from the PPMID: press ``enable``, then hold it.
-        Returns the PPMID's outcome (``delivered``, ``accepted``, ``supply``)."""
+        """Enable supply from the PPMID: press ``enable``, then hold it (default: the
+        PPMID's own ``hold_time`` + 0.5 s).  Returns the PPMID's outcome
+        (``delivered``, ``accepted``, ``supply``)."""
         self.press("enable")
-        meter = self.cfg.settings.paired_meter or self.bench.cfg.device_of_kind("esme")
-        hold_time = self.bench.cfg.devices[meter].settings.hold_time if meter in self.bench.cfg.devices else 2.0
-        return self.hold("enable", hold if hold is not None else hold_time + 0.5)
+        return self.hold("enable", hold if hold is not None else self.cfg.settings.hold_time + 0.5)
 
     def emergency_credit(self) -> dict[str, Any]:
         return self.press("emergency_credit")

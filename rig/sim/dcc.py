@@ -9,7 +9,9 @@ Bus node ``rig/v1/<bench>/dcc/headend`` (its own connection and presence).
   latency is measured to) beside the time the device claims it raised it
   (``raised``, recorded, never judged); each is published on
   ``event/alert``; the retained ``state`` keeps counts and the latest.  The
-  sink computes nothing: no timers, no routing.
+  sink itself computes nothing: the outage timers and the routing are the
+  simulated WAN's (:mod:`rig.sim.wan`, which this process runs beside it and
+  whose pending outages the state shows, as a WAN provider's portal would).
 * **Service requests (SUP-1, SEC-1/2/4, SUP-10, HAN-6).**  ``service_request``
   builds the remote command (a ZCL frame inside a signed GBCS-like
   envelope), sends it over the WAN to the hub, which tunnels it over the HAN

@@ -647,6 +647,9 @@ class Esme(Twin):
                 self.record("han_command_executed", source=frame.src, command=what)
                 self.radio.reply(frame, zcl.default_response(parsed.command_id, zcl.Status.SUCCESS, tsn=parsed.tsn))
                 return
+            self.alert(AlertCode.UNAUTHORISED_ACCESS, source=frame.src, command=what)   # logged by apply()
+            reject(self.radio, frame, parsed)
+            return
         elif parsed.general and parsed.name == "Write_Attributes" and parsed.cluster is zcl.LoadLimit \
                 and self.quirks.accepts_han_config_write:
             self._write_load_limit(parsed.written(), f"HAN device {frame.src}")

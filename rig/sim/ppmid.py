@@ -3,7 +3,7 @@
 Buttons (bus ops of the device node)::
 
     press("enable")                 the enable prompt shows
-    hold("enable", 2.5)             held >= the meter's hold_time while the
+    hold("enable", 2.5)             held >= its own hold_time while the
                                     prompt shows: send "enable supply"
     press("emergency_credit")       ask the meter for emergency credit
     press("utrn", code="0100...")   send a top-up code the consumer typed
