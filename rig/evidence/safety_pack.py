@@ -100,7 +100,21 @@ def part_identity(rec: dict[str, Any], part: str, bench: str | None) -> dict[str
         if isinstance(items, dict) and isinstance(items.get(name), dict):
             return {"part": key, "kind": f"{section} ({items[name].get('kind') or section})", "identity": None,
                     "known": True}
+    if name in RIG_PARTS:
+        return {"part": key, "kind": RIG_PARTS[name], "identity": (rec.get("software") or {}).get("rig"),
+                "known": True}
     return {"part": key, "kind": "not in the run's inventory", "identity": None, "known": False}
+
+
+#: observers that are the rig's own parts, not lab.yaml entries (identity: the rig's version)
+RIG_PARTS = {
+    "dcc": "head end: service-request answers and the alert sink's receive times (rig/v1/<bench>/dcc/headend)",
+    "han_tap": "HAN tap: the frames on the air as a sniffer saw them; replayed, delayed and forged frames it sent",
+    "rig": "the rig's own timing: the lab clock when it sent a command or a button's hold ended",
+    "meter event log": "the meter's own event log, read over the bus (the device's report of itself)",
+    "ppmid display": "the PPMID's own answer to a button (the device's report of itself)",
+    "meter keypad answer": "the meter's own answer to its keypad (the device's report of itself)",
+}
 
 
 def observers(rec: dict[str, Any], tests: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
