@@ -26,6 +26,7 @@ import json
 import logging
 import queue
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -87,9 +88,14 @@ class CommandContext:
     op: str
     id: str
     sender: str
-    lease: str | None
+    lease: Any
     expires: float
     received: float
+    args: Any = None          # the command's args as received (a lease proof covers them)
+
+    @property
+    def topic(self) -> str:
+        return self.node.cmd(self.op)
 
 
 Handler = Callable[[Any, CommandContext], dict[str, Any] | None]
@@ -179,6 +185,8 @@ class Bus:
         self._pending: dict[str, Future] = {}
         self._replies_cache: OrderedDict[str, dict] = OrderedDict()
         self._connected = threading.Event()
+        self._refused: str | None = None      # why the broker refused this client, if it did
+        self._connect_done = threading.Event()
         self._closing = threading.Event()
         self._cmd_queue: queue.Queue = queue.Queue()
         self._msg_queue: queue.Queue = queue.Queue()
@@ -194,7 +202,7 @@ class Bus:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                         protocol=mqtt.MQTTv311, clean_session=True)
         if endpoint.username:
-            c.username_pw_set(endpoint.username, endpoint.password)
+            c.username_pw_set(endpoint.username, endpoint.password())
         if endpoint.tls is not None:
             t = endpoint.tls
             c.tls_set(ca_certs=str(t.ca_file) if t.ca_file else None,
@@ -224,15 +232,22 @@ class Bus:
         take commands."""
         try:
             self._client.connect(self.endpoint.host, self.endpoint.port, keepalive=self.endpoint.keepalive)
+        except ssl.SSLError as exc:
+            raise BusError(f"TLS with the MQTT broker at {self.endpoint} failed: {exc.reason or exc} "
+                           "(check broker.tls: ca_file, cert_file, key_file)") from None
         except OSError as exc:
             raise BusError(
-                f"cannot reach the MQTT broker at {self.endpoint.url}: {exc.strerror or exc}. "
+                f"cannot reach the MQTT broker at {self.endpoint}: {exc.strerror or exc}. "
                 "Is the lab up? Start it with `rig up --lab LAB.yaml` (or check broker: in lab.yaml)"
             ) from None
         self._client.loop_start()
-        if not self._connected.wait(timeout):
+        self._connect_done.wait(timeout)
+        if self._refused is not None or not self._connected.is_set():
             self._client.loop_stop()
-            raise BusError(f"MQTT broker at {self.endpoint.url} did not accept the connection within {timeout:g} s")
+            if self._refused is not None:
+                who = f"user {self.endpoint.username}" if self.endpoint.username else "an anonymous client"
+                raise BusError(f"the MQTT broker at {self.endpoint} refused {who}: {self._refused}")
+            raise BusError(f"MQTT broker at {self.endpoint} did not accept the connection within {timeout:g} s")
         for target, name in ((self._command_worker, "cmd"), (self._message_worker, "msg")):
             t = threading.Thread(target=target, name=f"bus-{name}:{self.client_id}", daemon=True)
             t.start()
@@ -332,7 +347,10 @@ class Bus:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("broker %s refused connection: %s", self.endpoint.url, reason_code)
+            log.error("broker %s refused %s: %s", self.endpoint, self.client_id, reason_code)
+            if not self._connected.is_set() and not self._announced.is_set():
+                self._refused = str(reason_code)
+                self._connect_done.set()
             return
         filters = {self.reply_topic}
         with self._subs_lock:
@@ -344,11 +362,12 @@ class Bus:
         if self._announced.is_set():   # a reconnection: say so again
             self._publish_presence()
         self._connected.set()
+        self._connect_done.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
         if not self._closing.is_set():
-            log.warning("%s lost the broker at %s (%s); reconnecting", self.client_id, self.endpoint.url, reason_code)
+            log.warning("%s lost the broker at %s (%s); reconnecting", self.client_id, self.endpoint, reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         topic = msg.topic
@@ -548,7 +567,7 @@ class Bus:
                 where = ".".join(str(p) for p in err["loc"]) or "args"
                 self._reply_error(cmd, "invalid", f"args.{where}: {err['msg']}")
                 return
-        ctx = CommandContext(node, op_name, cmd.id, cmd.sender, cmd.lease, cmd.expires, received)
+        ctx = CommandContext(node, op_name, cmd.id, cmd.sender, cmd.lease, cmd.expires, received, cmd.args)
         held: list[tuple[str, bytes, bool, int]] = []
         self._defer.items = held
         try:
@@ -613,13 +632,16 @@ class Bus:
             fut.set_result(reply)
 
     def request(self, node: Node, op: str, args: dict[str, Any] | None = None, timeout: float = 5.0,
-                lease: str | None = None, expires: float | None = None) -> dict[str, Any]:
+                lease: Callable[[str, dict[str, Any]], Any] | None = None,
+                expires: float | None = None) -> dict[str, Any]:
         """Send ``op`` to ``node`` and wait for its reply.
 
         ``timeout`` is lab seconds (at least :data:`MIN_WALL_TIMEOUT` wall
         seconds); the command expires at the same instant unless ``expires``
         (lab time) says otherwise, so a command that reaches the node late is
-        refused rather than executed late.  Raises :class:`CommandError` on an
+        refused rather than executed late.  ``lease`` proves the bench lease:
+        called with the command's topic and payload, it returns the proof
+        (rig/lab.py; the lease key itself never goes on the bus).  Raises :class:`CommandError` on an
         error reply, :class:`CommandTimeout` when nothing answers."""
         wall_wait = max(self.clock.wall_seconds(timeout), MIN_WALL_TIMEOUT)
         if expires is None:
@@ -628,7 +650,7 @@ class Bus:
         cmd = {"id": cmd_id, "reply_to": self.reply_topic, "sender": self.client_id, "expires": expires,
                "args": args or {}}
         if lease is not None:
-            cmd["lease"] = lease
+            cmd["lease"] = lease(node.cmd(op), cmd)
         fut: Future = Future()
         self._pending[cmd_id] = fut
         self.publish(node.cmd(op), cmd)
