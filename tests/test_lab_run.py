@@ -36,8 +36,8 @@ BENCHES = ("bench-868", "bench-2g4")
 #: a check of each suite, and ones that one of the two benches lacks a part for; not the checks that
 #: time the meter to tens of wall milliseconds (enable latency, flicker logs): their verdicts at a high
 #: clock scale on a loaded machine are bench/lab_scale.py's subject, not this file's
-SUBSET = ("smoke or long_outage_alerts or attenuation_sweep or unpaired_ppmid or armed_supply_is_refused "
-          "or coverage")
+SUBSET = ("smoke or long_outage_alerts or attenuation_sweep or unpaired_ppmid "
+          "or remote_enable_never_closes_an_armed_supply or coverage")
 #: lab clock scale of these runs: half the default lab's, for margin on a loaded 2-core machine
 SCALE = 30
 #: wall seconds a whole subset run may take on a loaded 2-core machine (it takes about 20)
@@ -287,11 +287,14 @@ def hosted_lab(tmp_path_factory):
     processes of their own that know only the broker's URL: in a network
     namespace per bench where this machine allows (root), which leaves them
     nothing of the orchestrator's but the broker's address."""
-    from rig.broker import Broker
-    from rig.config import BrokerConfig
+    from rig.broker import mosquitto_path
     from rig.contract import agent_node
     from rig.launch import sim_node
 
+    if mosquitto_path() is None:
+        if os.environ.get("RIG_REQUIRE_MOSQUITTO") == "1":
+            pytest.fail("mosquitto is required here (RIG_REQUIRE_MOSQUITTO=1) but not installed")
+        pytest.skip("benches on hosts of their own need the lab's broker on more than loopback: mosquitto")
     tmp = tmp_path_factory.mktemp("hosted")
     namespaces: dict[str, Netns] = {}
     if netns_possible():
@@ -302,13 +305,15 @@ def hosted_lab(tmp_path_factory):
             for ns in namespaces.values():
                 ns.close()
             namespaces = {}
-    if namespaces:
+    # the lab's broker (anonymous here: its security is issue 10's subject and has tests of its own)
+    try:
         broker = _Mosquitto(["127.0.0.1"] + [ns.host_ip for ns in namespaces.values()], tmp)
-        urls = {b: f"mqtt://{namespaces[b].host_ip}:{broker.port}" for b in BENCHES}
-    else:
-        broker = Broker.start(BrokerConfig(kind="auto", port=0))
-        urls = {b: broker.endpoint.url for b in BENCHES}
-    url = broker.endpoint.url
+    except BaseException:
+        for ns in namespaces.values():
+            ns.close()
+        raise
+    urls = {b: f"mqtt://{namespaces[b].host_ip if b in namespaces else '127.0.0.1'}:{broker.port}" for b in BENCHES}
+    url = f"mqtt://127.0.0.1:{broker.port}"
     lab = lab_copy(tmp, {"kind": "external", "url": url})
     procs = BenchProcesses(lab, urls, tmp, namespaces)
     try:
@@ -434,7 +439,7 @@ def test_plain_pytest_with_one_worker_per_bench_brings_the_lab_up_once(tmp_path)
     out = subprocess.run(
         [sys.executable, "-m", "pytest", str(ROOT / "rig" / "suites"), "-c", str(tmp_path / "pytest.ini"),
          "--rootdir", str(ROOT / "rig" / "suites"), "-p", "no:cacheprovider", "-n", "2", "-q",
-         "-k", "smoke or armed_supply_is_refused", "--lab", str(lab), "--rig-run-dir", str(run_dir),
+         "-k", "smoke or remote_enable_never_closes_an_armed_supply", "--lab", str(lab), "--rig-run-dir", str(run_dir),
          "--rig-store", f"sqlite:///{tmp_path / 'h.sqlite'}"],
         cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:] + failures(tmp_path)

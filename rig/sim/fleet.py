@@ -35,7 +35,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
@@ -68,8 +67,9 @@ class Fleet:
     def __init__(self, url: str, clock: LabClock, first: int, count: int, bench: str = "fleet",
                  relay: str = "feeder", per_connection: int = 250, alert_period: float = 180.0,
                  jitter: float = 0.0, name: str | None = None, qos: int = 1):
-        u = urlparse(url)
-        self.host, self.port = u.hostname or "127.0.0.1", u.port or 1883
+        from ..broker import Endpoint
+
+        self.endpoint = Endpoint.from_url(url)   # user, password file or variable, TLS: as any rig client
         self.clock, self.bench, self.relay = clock, bench, relay
         self.alert_period, self.jitter, self.qos = alert_period, jitter, qos
         self.name = name or f"fleet-{uuid.uuid4().hex[:6]}"
@@ -88,6 +88,14 @@ class Fleet:
                         protocol=mqtt.MQTTv311, clean_session=True)
         c.max_inflight_messages_set(1000)
         c.max_queued_messages_set(0)
+        ep = self.endpoint
+        if ep.username:
+            c.username_pw_set(ep.username, ep.password())
+        if ep.tls is not None:
+            c.tls_set(ca_certs=str(ep.tls.ca_file) if ep.tls.ca_file else None,
+                      certfile=str(ep.tls.cert_file) if ep.tls.cert_file else None,
+                      keyfile=str(ep.tls.key_file) if ep.tls.key_file else None)
+            c.tls_insecure_set(bool(ep.tls.insecure))
         if index == 0:
             c.will_set(self.presence_topic, json.dumps({"online": False, "reason": "connection lost"}), qos=1,
                        retain=True)
@@ -161,7 +169,7 @@ class Fleet:
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 30.0) -> "Fleet":
         for c in self.clients:
-            c.connect(self.host, self.port, keepalive=30)
+            c.connect(self.endpoint.host, self.endpoint.port, keepalive=30)
             c.loop_start()
         if not self._subscribed.acquire(timeout=timeout):
             raise RuntimeError(f"{self.name}: not subscribed to {self.relay_topic} within {timeout:g} s")
@@ -194,7 +202,7 @@ class Fleet:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="serve a range of lightweight outage-alert meters on the lab's bus")
-    ap.add_argument("--broker", required=True, help="mqtt://host:port")
+    ap.add_argument("--broker", required=True, help="the broker's URL (mqtt://user@host:port/?password_file=...)")
     ap.add_argument("--first", type=int, default=0)
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--bench", default="fleet", help="the topic level the meters sit under")
