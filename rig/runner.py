@@ -116,11 +116,11 @@ def explain_benches(run_dir: Path, console: Console) -> None:
 
 
 def xdist_available() -> bool:
-    try:
-        import xdist  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether pytest-xdist is installed (found, not imported: pytest must
+    import its plugins itself to rewrite their asserts)."""
+    import importlib.util
+
+    return importlib.util.find_spec("xdist") is not None
 
 
 def run_suites(cfg: LabConfig, lab_path: Path, suites: str | None = None, keyword: str | None = None,
