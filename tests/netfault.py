@@ -1,0 +1,117 @@
+"""Network faults for tests: a TCP proxy between a client and a server that
+a test can pause (a partition: nothing flows, nothing is lost, as when a
+firewall drops packets and TCP retransmits) or cut (every connection reset,
+as when a switch port or the server host goes away).
+
+::
+
+    with TcpProxy(("127.0.0.1", broker.port)) as proxy:
+        bus = Bus(Endpoint("127.0.0.1", proxy.port))   # through the proxy
+        proxy.pause()      # partition
+        proxy.resume()     # healed: what was held flows on
+        proxy.cut()        # every connection reset now; new ones are accepted
+
+Real sockets, real TCP: the client and the server cannot tell the proxy is
+there until a fault is injected.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+
+class TcpProxy:
+    def __init__(self, upstream: tuple[str, int], host: str = "127.0.0.1"):
+        self.upstream = upstream
+        self._server = socket.create_server((host, 0))
+        self.host, self.port = host, self._server.getsockname()[1]
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._lock = threading.Lock()
+        self._conns: list[tuple[socket.socket, socket.socket]] = []
+        self._closed = False
+        self.accepted = 0
+        threading.Thread(target=self._accept, name=f"proxy:{self.port}", daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"TCPIP::{self.host}::{self.port}::SOCKET"
+
+    # ------------------------------------------------------------------ faults
+    def pause(self) -> None:
+        """A partition: bytes stop flowing both ways; connections stay open."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """The partition heals: held bytes flow on."""
+        self._flowing.set()
+
+    def cut(self) -> None:
+        """Reset every open connection (new ones are still accepted)."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for pair in conns:
+            for s in pair:
+                _close(s)
+
+    def close(self) -> None:
+        self._closed = True
+        self._flowing.set()
+        _close(self._server)
+        self.cut()
+
+    def __enter__(self) -> "TcpProxy":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            self._flowing.wait()      # while partitioned, a new connection gets nowhere either
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+                server.settimeout(None)
+            except OSError:
+                _close(client)
+                continue
+            for s in (client, server):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._conns.append((client, server))
+                self.accepted += 1
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True,
+                                 name=f"proxy:{self.port}:pump").start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                self._flowing.wait()
+                data = src.recv(65536)
+                if not data:
+                    break
+                self._flowing.wait()  # read just before a pause: held, not lost
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(src)
+            _close(dst)
+
+
+def _close(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        s.close()
+    except OSError:
+        pass
