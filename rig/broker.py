@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .config import BrokerConfig, TlsConfig
+from .contract import MAX_PACKET
 
 log = logging.getLogger(__name__)
 ENV_KIND = "RIG_BROKER"
@@ -222,6 +223,7 @@ class MosquittoBroker(Broker):
         conf.write_text(
             f"listener {port} {host}\nallow_anonymous true\npersistence false\n"
             "log_dest stderr\nlog_type error\nlog_type warning\nset_tcp_nodelay true\n"
+            f"max_packet_size {MAX_PACKET}\n"   # a bigger packet disconnects its sender (the rig's limit)
         )
         self._log = open(Path(self._dir.name) / "mosquitto.log", "w")
         self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=self._log, stderr=subprocess.STDOUT)
