@@ -69,10 +69,10 @@ log = logging.getLogger(__name__)
 MIN_WALL_TIMEOUT = 2.0
 #: the deepest JSON nesting a payload may have (the rig's own are < 10 deep)
 MAX_DEPTH = 32
-#: how far ahead a command's ``expires`` may be: one lab hour, or a wall
-#: minute on a clock so fast that a lab hour is shorter
+#: how far ahead a command's ``expires`` may be: one lab hour, or five wall
+#: minutes on a clock so fast that a lab hour is shorter
 MAX_EXPIRES_AHEAD = 3600.0
-MAX_EXPIRES_AHEAD_WALL = 60.0
+MAX_EXPIRES_AHEAD_WALL = 300.0
 #: commands waiting for the command lane / the express lane; a command that
 #: finds its lane full is answered ``busy`` and not executed
 CMD_QUEUE_MAX = 256
@@ -84,8 +84,14 @@ EXPRESS_WORKERS = 2
 MSG_QUEUE_MAX = 20000
 #: publishes paho may hold while the broker is away; more raise BusError
 MAX_QUEUED_PUBLISHES = 10000
-#: replies remembered for answering a repeated command id
+#: wall seconds after which a request with no reply is sent again (same id),
+#: doubling up to RESEND_MAX: a broker drops a command whose node was away
+RESEND_AFTER = 1.0
+RESEND_MAX = 4.0
+#: replies remembered for answering a repeated command id: at least this
+#: many, and every one whose command has not expired up to REPLY_CACHE_MAX
 REPLY_CACHE = 2000
+REPLY_CACHE_MAX = 50000
 
 # channels that are never retained: a retained copy is ignored (it would
 # otherwise run again on every (re)subscription)
@@ -252,6 +258,21 @@ def _decode(payload: bytes) -> Any:
     return data
 
 
+def _acked(info: Any) -> bool:
+    """Whether the broker acknowledged a QoS 1 publish.  (paho's
+    ``is_published()`` raises for a message first queued while disconnected,
+    even once it has gone: its ``rc`` keeps the first attempt's error.)"""
+    if info is None:
+        return False
+    published = getattr(info, "_published", None)
+    if published is not None:
+        return bool(published)
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return False
+
+
 def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -331,6 +352,7 @@ class Bus:
         self._ops: dict[str, tuple[Node, dict[str, _Op]]] = {}
         self._pending: dict[str, tuple[Future, str, bytes, Any]] = {}   # id -> (future, topic, payload, info)
         self._replies_cache: OrderedDict[str, dict] = OrderedDict()
+        self._cache_until: dict[str, float] = {}   # id -> its command's expiry (lab time)
         self._inflight: dict[str, list[str]] = {}   # id -> reply topics of repeats that came meanwhile
         self._cmd_lock = threading.Lock()       # the reply cache and the in-flight ids
         self._job_seq = itertools.count(1)
@@ -525,7 +547,7 @@ class Bus:
                 info.wait_for_publish(remaining)
             except (RuntimeError, ValueError):
                 pass
-            if info.is_published() or info.rc != mqtt.MQTT_ERR_SUCCESS:
+            if _acked(info) or info.rc != mqtt.MQTT_ERR_SUCCESS:
                 self._unacked.popleft()
             else:
                 return False
@@ -581,7 +603,7 @@ class Bus:
         if self._announced.is_set():
             self._publish_presence()
         for _fut, topic, data, info in list(self._pending.values()):
-            if info is None or info.is_published():   # unacknowledged ones paho sends again itself
+            if info is None or _acked(info):   # unacknowledged ones paho sends again itself
                 self._client.publish(topic, data, qos=1)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -807,7 +829,7 @@ class Bus:
         with self._cmd_lock:
             cached = self._replies_cache.get(cmd.id)
             duplicate = cached is None and cmd.id in self._inflight
-            if duplicate:
+            if duplicate and cmd.reply_to not in self._inflight[cmd.id]:
                 self._inflight[cmd.id].append(cmd.reply_to)
             elif cached is None:
                 self._inflight[cmd.id] = []
@@ -927,10 +949,18 @@ class Bus:
         with self._cmd_lock:
             self._replies_cache[cmd.id] = reply
             self._replies_cache.move_to_end(cmd.id)
+            self._cache_until[cmd.id] = cmd.expires
+            now = self.clock.now()
+            # the oldest go first, but not while their command may still be sent
+            # again (until it expires), unless the cache is at its hard limit
             while len(self._replies_cache) > REPLY_CACHE:
+                oldest = next(iter(self._replies_cache))
+                if self._cache_until.get(oldest, 0.0) > now and len(self._replies_cache) <= REPLY_CACHE_MAX:
+                    break
                 self._replies_cache.popitem(last=False)
+                self._cache_until.pop(oldest, None)
             repeats = self._inflight.pop(cmd.id, [])
-        for reply_to in [cmd.reply_to, *repeats]:
+        for reply_to in dict.fromkeys([cmd.reply_to, *repeats]):
             try:
                 self._send(reply_to, data, False, 1)
             except Exception:  # noqa: BLE001 - cached: a repeat of the command gets it
@@ -1002,24 +1032,46 @@ class Bus:
             raise
         if cmd_id in self._pending:
             self._pending[cmd_id] = (fut, topic, data, info)
-        try:
-            reply: Reply = fut.result(wall_wait)
-        except TimeoutError:
-            self._pending.pop(cmd_id, None)
-            raise CommandTimeout(node, op, wall_wait, self._silence(info)) from None
+        deadline = time.monotonic() + wall_wait
+        resend, sends = RESEND_AFTER, 1
+        next_send = time.monotonic() + resend
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._pending.pop(cmd_id, None)
+                raise CommandTimeout(node, op, wall_wait, self._silence(info, sends)) from None
+            try:
+                reply: Reply = fut.result(min(remaining, max(0.0, next_send - time.monotonic())))
+                break
+            except TimeoutError:
+                pass
+            if time.monotonic() >= next_send:
+                if self._connected.is_set():
+                    # no reply yet: the broker may have taken the command while
+                    # the node was away (it is then dropped: clean sessions), or
+                    # the reply may be lost.  Again, with the same id: the node
+                    # answers a repeat from its cache and never runs it twice
+                    log.info("%s: no reply yet to %s %s (%s); sending it again", self.client_id, node, op, cmd_id)
+                    info, sends = self._client.publish(topic, data, qos=1), sends + 1
+                    if cmd_id in self._pending:
+                        self._pending[cmd_id] = (fut, topic, data, info)
+                resend = min(resend * 2, RESEND_MAX)
+                next_send = time.monotonic() + resend
         if not reply.ok:
             raise CommandError(node, op, reply.error or ErrorBody(code="failed", message="error without a body"))
         return reply.result or {}
 
-    def _silence(self, info: Any) -> str | None:
+    def _silence(self, info: Any, sends: int) -> str | None:
         """Why a request may have had no reply, as far as this bus can tell."""
         if not self._connected.is_set():
             since = f" for {time.monotonic() - self._lost_at:.1f} wall s" if self._lost_at else ""
             return (f"the MQTT broker at {self.endpoint.url} is unreachable{since}; the command was "
-                    f"{'delivered to the broker before it went' if info is not None and info.is_published() else 'not delivered'}"
+                    f"{'delivered to the broker before it went' if _acked(info) else 'not delivered'}"
                     " and will not run after its expiry")
-        if info is not None and not info.is_published():
+        if info is not None and not _acked(info):
             return f"the MQTT broker at {self.endpoint.url} did not acknowledge the command"
+        if sends > 1:
+            return f"sent {sends} times; is the node online? (`rig status`)"
         return None
 
 
