@@ -25,7 +25,9 @@ Top-level shape (``schema: rig.run/1``; docs/evidence.md has every field)::
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import math
 import os
 import threading
@@ -35,6 +37,7 @@ from typing import Any
 
 from . import JOURNAL_FILE, RECORD_FILE
 
+log = logging.getLogger(__name__)
 SCHEMA = "rig.run/1"
 VERDICTS = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "running")
 
@@ -179,14 +182,22 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- writing
 def write_atomic(path: Path, text: str, durable: bool = False) -> None:
     """Replace ``path`` with ``text`` so that a reader (or a kill) sees the old
-    or the new file, never half of one."""
+    or the new file, never half of one.  If the write fails (a full disk),
+    the old file stays and no temporary file is left behind."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        if durable:
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
             f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
 
 
 class RecordWriter:
@@ -212,7 +223,20 @@ class RecordWriter:
         self._dirty = False
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._journal = open(self.journal_path, "a", encoding="utf-8", buffering=1)
+        self._journal_ok = True
         self.closed = False
+        #: the first write that failed (a full disk ...): the run goes on, the
+        #: record in memory stays whole, run.json is kept valid and the run is
+        #: closed incomplete
+        self.error: str | None = None
+
+    def _failed(self, path: Path, exc: OSError) -> None:
+        if self.error is None:
+            self.error = (f"the run record could not be written: {path}: {exc.strerror or exc}"
+                          f"{' (disk full)' if exc.errno == errno.ENOSPC else ''}; "
+                          f"{self.path.name} is kept valid and the run is marked incomplete")
+            log.error("%s", self.error)
+            self.record["files"]["record_error"] = self.error
 
     def emit(self, event: dict[str, Any], snapshot: bool | None = None) -> None:
         """Journal and apply an event.  ``snapshot`` True rewrites run.json now,
@@ -222,7 +246,14 @@ class RecordWriter:
         with self._lock:
             if self.closed:
                 return
-            self._journal.write(line + "\n")
+            if self._journal_ok:
+                try:
+                    self._journal.write(line + "\n")
+                except OSError as exc:
+                    # a torn line is skipped when the journal is read; nothing
+                    # after it is written there (it would be glued to it)
+                    self._journal_ok = False
+                    self._failed(self.journal_path, exc)
             apply(self.record, event)
             self._dirty = True
             boundary = event.get("ev") in ("run.start", "test.start", "test.end", "hardware", "clock", "files")
@@ -230,11 +261,17 @@ class RecordWriter:
                             and time.monotonic() - self._last_snapshot >= self.snapshot_interval):
                 self.snapshot()
 
-    def snapshot(self, durable: bool = False) -> None:
+    def snapshot(self, durable: bool = False) -> bool:
+        """Rewrite run.json; False (the old one kept) if it cannot be written."""
         with self._lock:
-            write_atomic(self.path, dumps(derive(self.record), indent=1), durable=durable)
             self._last_snapshot = time.monotonic()
+            try:
+                write_atomic(self.path, dumps(derive(self.record), indent=1), durable=durable)
+            except OSError as exc:
+                self._failed(self.path, exc)
+                return False
             self._dirty = False
+            return True
 
     def flush(self) -> None:
         """Write run.json now if events arrived since the last snapshot."""
@@ -250,9 +287,14 @@ class RecordWriter:
             if self.closed:
                 return self.record
             self.emit({"ev": "run.end", "status": status, "exit_code": exit_code, "finished": finished,
-                       "complete": complete}, snapshot=False)
+                       "complete": complete and self.error is None}, snapshot=False)
+            if self.error is not None:
+                self.record["complete"] = False   # evidence was lost on the way: never a complete run
             self.snapshot(durable=True)
-            self._journal.close()
+            try:
+                self._journal.close()
+            except OSError as exc:
+                self._failed(self.journal_path, exc)
             self.closed = True
             return derive(self.record)
 
