@@ -115,3 +115,58 @@ def _close(s: socket.socket) -> None:
         s.close()
     except OSError:
         pass
+
+
+class KillableBroker:
+    """A broker of either kind as a process of its own on a fixed port, so a
+    test can SIGKILL it and start it again where the clients expect it.
+    (The session ``broker`` fixture's amqtt runs in a thread of the test
+    process, which cannot be killed.)"""
+
+    def __init__(self, kind: str):
+        from rig.broker import free_port
+
+        self.kind, self.host, self.port = kind, "127.0.0.1", free_port()
+        self._mosquitto = None
+        self._proc = None
+        self.start()
+
+    @property
+    def endpoint(self):
+        from rig.broker import Endpoint
+
+        return Endpoint(self.host, self.port, self.kind)
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+
+        from rig.broker import MosquittoBroker, _wait_listening
+
+        if self.kind == "mosquitto":
+            self._mosquitto = MosquittoBroker(self.host, self.port)
+            self._proc = self._mosquitto.proc
+            return
+        code = ("import threading; from rig.broker import AmqttBroker; "
+                f"AmqttBroker({self.host!r}, {self.port}); threading.Event().wait()")
+        self._proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+        _wait_listening(self.host, self.port, 20, "amqtt", self._proc)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to any client, every retained message gone."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(10)
+        if self._mosquitto is not None:
+            self._mosquitto.stop()       # its temporary directory
+            self._mosquitto = None
+
+    def close(self) -> None:
+        self.kill()
+
+    def __enter__(self) -> "KillableBroker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
