@@ -99,6 +99,11 @@ def test_relay_from_the_agent_reaches_the_analyser(sim_bench, analyser):
         bus.request(agent.node.__class__("bench-1", "relay", "mains"), "set", {"state": "on"}, lease=token)
         assert sim_bench.clock.wait_for(lambda: physics.mains_relay, timeout=120)
         assert analyser.read().voltage == 230.0
+        # the relay's minimum switching interval (LAB-2) is lab time: at clock scale 60
+        # one lab second is 17 wall ms, which a quick machine does not spend in between
+        relay = agent.relays["mains"]
+        assert sim_bench.clock.wait_for(lambda: sim_bench.clock.now() >= relay.last_change + relay.cfg.min_interval,
+                                        timeout=600)
         bus.request(agent.node.__class__("bench-1", "relay", "mains"), "set", {"state": "off"})
         assert sim_bench.clock.wait_for(lambda: not physics.mains_relay, timeout=120)
         assert analyser.read().voltage == 0.0
