@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import threading
 
-import paho.mqtt.client as mqtt
 import pytest
 from pydantic import BaseModel
 
@@ -18,7 +17,7 @@ from rig.bus import MAX_PAYLOAD, Bus, BusError, CommandError
 from rig.clock import LabClock
 from rig.contract import MAX_PACKET, Node
 
-from netfault import TcpProxy
+from netfault import RawClient as Raw, TcpProxy
 
 NODE = Node("bench-r", "device", "probe")
 REPLIES = "rig/v1/_reply/raw-robust"
@@ -26,49 +25,6 @@ REPLIES = "rig/v1/_reply/raw-robust"
 
 class EchoArgs(BaseModel):
     text: str
-
-
-class Raw:
-    """A plain paho client: sends any bytes, collects what comes back."""
-
-    def __init__(self, endpoint, client_id="raw-robust"):
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self.cond = threading.Condition()
-        self.disconnected = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-        self.c.on_message = self._on_message
-        self.c.on_disconnect = lambda *_a: self.disconnected.set()
-        self.c.connect(endpoint.host, endpoint.port)
-        self.c.loop_start()
-
-    def _on_message(self, _c, _u, msg):
-        with self.cond:
-            self.messages.append((msg.topic, msg.payload, msg.retain))
-            self.cond.notify_all()
-
-    def subscribe(self, topic: str) -> None:
-        done = threading.Event()
-        self.c.on_subscribe = lambda *_a: done.set()
-        self.c.subscribe(topic, qos=1)
-        assert done.wait(5), f"no SUBACK for {topic}"
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        info = self.c.publish(topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(5)
-
-    def wait(self, predicate, seconds: float = 10.0):
-        """Wait (wall seconds: this client has no lab clock) for a message."""
-        with self.cond:
-            found = self.cond.wait_for(lambda: next((m for m in self.messages if predicate(m)), None), seconds)
-        return found
-
-    def json(self, topic: str) -> list[dict]:
-        with self.cond:
-            return [json.loads(p) for t, p, _r in self.messages if t == topic and p]
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 def command(cmd_id: str, expires: str | float, reply_to: str = REPLIES, args: str = '{"text": "hi"}') -> bytes:
