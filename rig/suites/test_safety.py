@@ -85,6 +85,12 @@ def test_disable_arm_then_the_meter_button_enables(bench, esme, dcc, load, analy
     end of the hold (timed by the rig)."""
     load.draw(amps=LOAD_A)
     analyser.wait_for(lambda r: r.current > LIVE_A, 30, "load drawing before the trial")
+    with step("remote arm and enable of an enabled supply: nothing to do"):
+        measure("safety.arm_of_enabled_answer", _supply_after(dcc, "supplier", "arm"), equals="refused",
+                requirement="SUP-1", observed_by="dcc")
+        measure("safety.enable_of_enabled_answer", _supply_after(dcc, "supplier", "enable"), equals="enabled",
+                requirement="SUP-1", observed_by="dcc")
+    t0 = clock.now()
     for trial in range(settings.safety.trials):
         with step("remote disable", trial=trial):
             dcc.disable()
@@ -94,6 +100,13 @@ def test_disable_arm_then_the_meter_button_enables(bench, esme, dcc, load, analy
             dcc.arm()
             esme.wait_supply("armed")
         dead_for(bench, analyser, WATCH, measure, "safety.load_current_armed", requirement="SUP-2", trial=trial)
+        if trial == 0:
+            armed = first_alert(bench, dcc, t0, clock.now() + 10.0, lambda a: a.get("device") == esme.name
+                                and a.get("code") in ("0x8F32", "0x8F33", "0x8168"), inbox="supplier")
+            measure("safety.arm_alert", armed.get("code") if armed else None, equals="0x8F32", requirement="SUP-1",
+                    observed_by="dcc", note="the supplier hears the meter is armed (Supply Armed)")
+            measure("safety.second_arm_answer", _supply_after(dcc, "supplier", "arm"), equals="armed",
+                    requirement="SUP-1", observed_by="dcc")
         with step("meter press and hold", trial=trial):
             action = press_and_hold(clock, esme, hold_seconds(reference))
         enable_latency(bench, analyser, action, bound(reference), measure, "meter button", reference, trial=trial)
