@@ -62,9 +62,10 @@ import socket, sys, threading
 import paho.mqtt.client as mqtt
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bare-echo", protocol=mqtt.MQTTv311)
 c.on_socket_open = lambda cl, u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("bench/ping", qos=1)
+c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("rig/v1/_bench/ping", qos=1)
 c.on_subscribe = lambda *a: print("ready", flush=True)
-c.on_message = lambda cl, u, m: cl.publish("bench/pong", m.payload, qos=1)
+c.on_message = lambda cl, u, m: cl.publish("rig/v1/_bench/pong", m.payload, qos=1)
+c.username_pw_set(sys.argv[3], open(sys.argv[4]).read().strip())   # the broker admits no anonymous client
 c.connect(sys.argv[1], int(sys.argv[2]))
 c.loop_forever()
 """
@@ -73,8 +74,11 @@ c.loop_forever()
 class BarePath:
     """A paho client and an echo process: one bare round trip per call."""
 
-    def __init__(self, host: str, port: int):
-        self.echo = subprocess.Popen([sys.executable, "-c", ECHO, host, str(port)], stdout=subprocess.PIPE, text=True)
+    def __init__(self, endpoint):
+        ep = endpoint.as_user("admin", keep_store=True)
+        host, port = ep.host, ep.port
+        self.echo = subprocess.Popen([sys.executable, "-c", ECHO, host, str(port), ep.username, ep.password_file],
+                                     stdout=subprocess.PIPE, text=True)
         assert self.echo.stdout.readline().strip() == "ready"
         self.ping = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bare-ping", protocol=mqtt.MQTTv311)
         self.got = threading.Event()
@@ -82,7 +86,8 @@ class BarePath:
         self.ping.on_socket_open = nodelay
         self.ping.on_message = lambda c, u, m: self.got.set()
         self.ping.on_subscribe = lambda *a: subscribed.set()
-        self.ping.on_connect = lambda cl, u, f, rc, p: cl.subscribe("bench/pong", qos=1)
+        self.ping.on_connect = lambda cl, u, f, rc, p: cl.subscribe("rig/v1/_bench/pong", qos=1)
+        self.ping.username_pw_set(ep.username, ep.password())
         self.ping.connect(host, port)
         self.ping.loop_start()
         if not subscribed.wait(10):
@@ -92,7 +97,7 @@ class BarePath:
     def round_trip(self) -> float:
         self.got.clear()
         t0 = time.perf_counter()
-        self.ping.publish("bench/ping", self.payload, qos=1)
+        self.ping.publish("rig/v1/_bench/ping", self.payload, qos=1)
         if not self.got.wait(5):
             raise RuntimeError("bare echo lost a message")
         return time.perf_counter() - t0
@@ -138,7 +143,7 @@ class RigPath:
 
 def measure(kind: str, n: int, warmup: int) -> None:
     with Broker.start(BrokerConfig(kind=kind, port=0)) as ep, tempfile.TemporaryDirectory() as tmp:
-        bare_path, rig_path = BarePath(ep.host, ep.port), RigPath(ep, Path(tmp))
+        bare_path, rig_path = BarePath(ep), RigPath(ep, Path(tmp))
         try:
             # alternate single round trips, so that machine noise hits both paths alike
             bare, rig = [], []

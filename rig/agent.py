@@ -30,12 +30,13 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, Field
 
 from . import __version__
-from .broker import Endpoint
+from .broker import BrokerError, Endpoint
 from .bus import Bus, BusLoopDied, CommandContext, Refused
 from .clock import LabClock
 from .config import BenchConfig, LabConfig
 from .contract import Heartbeat, Node, agent_node
 from .relay import EStop, Relay, pin_factory
+from .security import KeyExchange, SecurityError, command_fields, heartbeat_fields, mac_ok, system_wall
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,9 @@ class Output(Protocol):
 
 class LeaseArgs(BaseModel):
     holder: str = Field(..., min_length=1, max_length=200)
-
-
-class TokenArgs(BaseModel):
-    token: str
+    key: str = Field(..., min_length=40, max_length=64,
+                     description="the holder's ephemeral X25519 public key (base64) for this lease")
+    wall: float = Field(..., description="the holder's system clock (seconds since the epoch) when it asked")
 
 
 class RelayArgs(BaseModel):
@@ -67,14 +67,22 @@ class ReasonArgs(BaseModel):
 
 
 class Lease:
-    def __init__(self, holder: str, clock: LabClock):
-        self.holder = holder
-        self.token = uuid.uuid4().hex
+    """A granted lease.  ``key`` (derived on both sides from an X25519
+    exchange, never sent) proves the holder's heartbeats and commands."""
+
+    def __init__(self, holder: str, clock: LabClock, key: bytes, lease_id: str, term: float):
+        self.holder, self.key, self.id, self.term = holder, key, lease_id, term
         self.since = clock.now()
         self.last_heartbeat = time.monotonic()
+        self.last_progress = time.monotonic()
+        self.seq = 0
+        self.progress: int | None = None
+        self.skew: float | None = None
+        self.used: dict[str, float] = {}     # lease-proved command ids -> their expiry (replay guard)
 
     def info(self) -> dict[str, Any]:
-        return {"holder": self.holder, "since": self.since}
+        return {"holder": self.holder, "since": self.since, "id": self.id, "term": self.term,
+                "skew": None if self.skew is None else round(self.skew, 3)}
 
 
 class Agent:
@@ -88,8 +96,17 @@ class Agent:
         self.cfg: BenchConfig = lab.bench(bench)
         self.clock = clock or LabClock(scale=lab.lab.clock.scale)
         self.node = agent_node(bench)
+        endpoint = endpoint.for_role("agent", bench)
+        if self.cfg.controller.pin_factory != "mock" and (endpoint.tls is None or not endpoint.authenticated):
+            raise BrokerError(f"bench {bench} switches real mains (pin factory {self.cfg.controller.pin_factory}): "
+                              f"refusing to serve it over {endpoint}, a broker without TLS and credentials")
         self.factory = factory if factory is not None else pin_factory(self.cfg.controller.pin_factory)
         self.heartbeat_timeout = self.cfg.controller.heartbeat_timeout
+        self.lease_term = self.cfg.controller.lease_term
+        self.max_clock_skew = self.cfg.controller.max_clock_skew
+        #: this host's system clock (a seam for the clock-step fault tests)
+        self.wall_source: Callable[[], float] = system_wall
+        self.clock_report: dict[str, Any] | None = None   # the last clock problem seen
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self.lease: Lease | None = None
@@ -133,7 +150,7 @@ class Agent:
         s = self.bus.serve
         # GPIO and the lease table never block: served inline on the network thread
         s(self.node, "lease.acquire", self._lease_acquire, LeaseArgs, inline=True)
-        s(self.node, "lease.release", self._lease_release, TokenArgs)
+        s(self.node, "lease.release", self._lease_release)
         # safe-direction: never refused as expired, never behind instrument I/O (the express lane)
         s(self.node, "estop.trip", self._estop_trip_cmd, ReasonArgs, safe=True, supersedes="all")
         s(self.node, "estop.reset", self._estop_reset)
@@ -270,37 +287,108 @@ class Agent:
         self.trip_estop("E-stop input")
 
     def _on_heartbeat(self, _topic: str, payload: Any) -> None:
+        """A heartbeat keeps the lease only if it proves the lease key, its
+        ``seq`` is new and its wall clock agrees with this host's."""
         try:
             hb = Heartbeat.model_validate(payload)
         except Exception:  # noqa: BLE001 - malformed: log and carry on
             log.warning("malformed heartbeat ignored: %r", payload)
             return
+        ended = None
         with self._lock:
-            if self.lease is not None and hb.lease == self.lease.token:
-                self.lease.last_heartbeat = time.monotonic()
+            lease = self.lease
+            if lease is None or hb.lease != lease.id:
+                return
+            if not mac_ok(lease.key, hb.mac, *heartbeat_fields(self.bench_name, lease.id, hb.seq, hb.wall,
+                                                                hb.progress)):
+                log.warning("%s: heartbeat for lease %s without a valid proof ignored", self.bench_name, lease.id)
+                return
+            if hb.seq <= lease.seq:
+                log.warning("%s: heartbeat seq %d after %d (stale or replayed) ignored", self.bench_name,
+                            hb.seq, lease.seq)
+                return
+            lease.seq = hb.seq
+            lease.skew = hb.wall - self.wall_source()
+            if abs(lease.skew) > self.max_clock_skew:
+                self.lease, ended = None, lease
+            else:
+                lease.last_heartbeat = time.monotonic()
+                if hb.progress != lease.progress:
+                    lease.progress, lease.last_progress = hb.progress, time.monotonic()
+        if ended is not None:
+            self._report_skew(ended.holder, ended.skew)
+            self._end_lease(ended, f"clock skew {ended.skew:+.1f} s from {ended.holder} exceeds "
+                                   f"{self.max_clock_skew:g} s")
+
+    def _report_skew(self, holder: str, skew: float) -> None:
+        self.clock_report = {"holder": holder, "skew": round(skew, 3), "limit": self.max_clock_skew,
+                             "ts": self.clock.now()}
+        log.error("bench %s: %s's clock is %+.1f s from this controller's (limit %g s): fix NTP",
+                  self.bench_name, holder, skew, self.max_clock_skew)
+        if self.bus.connected:
+            self.bus.publish_event(self.node, "clock", dict(self.clock_report))
+
+    def _end_lease(self, lease: Lease, reason: str) -> None:
+        self.all_safe(f"lease of {lease.holder} ended: {reason}")
+        if self.bus.connected:
+            self.bus.publish_event(self.node, "lease", {"released": lease.holder, "reason": reason})
+            self._publish_status()
 
     def _watch_heartbeat(self) -> None:
         period = min(0.05, self.heartbeat_timeout / 10)
+        offset = self.wall_source() - time.monotonic()
         while not self._stop.wait(period):
+            now = time.monotonic()
+            reason = None
             with self._lock:
                 lease = self.lease
-                lost = lease is not None and time.monotonic() - lease.last_heartbeat > self.heartbeat_timeout
-                if lost:
-                    self.lease = None
-            if lost:
-                self.all_safe(f"heartbeat lost from {lease.holder}")
-                self.bus.publish_event(self.node, "lease", {"released": lease.holder, "reason": "heartbeat lost"})
-                self._publish_status()
+                if lease is not None:
+                    if now - lease.last_heartbeat > self.heartbeat_timeout:
+                        reason = "heartbeat lost"
+                    elif now - lease.last_progress > lease.term:
+                        reason = (f"no progress from {lease.holder} for {lease.term:g} s "
+                                  "(its heartbeat runs, its work does not: hung?)")
+                    if reason:
+                        self.lease = None
+            if reason:
+                self._end_lease(lease, reason)
+            # this host's own clock stepped (NTP on a Pi without an RTC)?
+            step = (self.wall_source() - time.monotonic()) - offset
+            if abs(step) > self.max_clock_skew:
+                offset += step
+                self.clock_report = {"stepped": round(step, 3), "limit": self.max_clock_skew, "ts": self.clock.now()}
+                log.error("bench %s: this controller's clock stepped %+.1f s", self.bench_name, step)
+                if self.bus.connected:
+                    self.bus.publish_event(self.node, "clock", dict(self.clock_report))
+                    self._publish_status()
 
     # ------------------------------------------------------------------ guards for ops
     def require_lease(self, ctx: CommandContext) -> None:
+        """The command proves the current lease: its lease id, an HMAC of the
+        command under the lease key, and an id not used before in the lease."""
+        proof = ctx.lease
         with self._lock:
-            if self.lease is None:
+            lease = self.lease
+            if lease is None:
                 raise Refused(f"bench {self.bench_name} is not leased: lease it first (Lab.bench() does)",
                               code="not_leased", requirement="LAB-3")
-            if ctx.lease != self.lease.token:
-                raise Refused(f"bench {self.bench_name} is leased by {self.lease.holder}",
+            if proof is None or proof.id != lease.id:
+                raise Refused(f"bench {self.bench_name} is leased by {lease.holder}",
                               code="not_leased", requirement="LAB-3")
+            if getattr(ctx, "lease_checked", None) == lease.id:
+                return
+            if not mac_ok(lease.key, proof.mac, *command_fields(ctx.topic, ctx.id, ctx.sender, ctx.expires,
+                                                                 ctx.args)):
+                raise Refused(f"the lease proof of this command does not verify: bench {self.bench_name} is "
+                              f"leased by {lease.holder}", code="not_leased", requirement="LAB-3")
+            now = self.clock.now()
+            for cid in [c for c, exp in lease.used.items() if exp < now]:
+                del lease.used[cid]
+            if ctx.id in lease.used:
+                raise Refused(f"command {ctx.id} was already used in this lease (a replay)",
+                              code="not_leased", requirement="LAB-3")
+            lease.used[ctx.id] = ctx.expires
+            ctx.lease_checked = lease.id
 
     def require_not_estop(self) -> None:
         if self.estop_latched:
@@ -317,21 +405,38 @@ class Agent:
 
     # ------------------------------------------------------------------ ops
     def _lease_acquire(self, args: LeaseArgs, _ctx: CommandContext) -> dict:
+        """Grant the lease to one holder at a time (LAB-3): while it is held,
+        nobody gets it, whatever holder name they give.  The reply carries
+        the agent's public key; the lease key is derived on both sides."""
+        skew = args.wall - self.wall_source()
+        if abs(skew) > self.max_clock_skew:
+            self._report_skew(args.holder, skew)
+            raise Refused(f"clock skew: {args.holder}'s clock is {skew:+.1f} s from bench {self.bench_name}'s "
+                          f"controller (limit {self.max_clock_skew:g} s); fix NTP on both hosts", requirement="LAB-3")
+        kx = KeyExchange()
+        lease_id = uuid.uuid4().hex[:16]
+        try:
+            key = kx.agent_key(args.key, self.bench_name, args.holder, lease_id)
+        except SecurityError as exc:
+            raise Refused(f"args.key: {exc}", code="invalid") from None
         with self._lock:
-            if self.lease is not None and self.lease.holder != args.holder:
+            if self.lease is not None:
                 raise Refused(f"bench {self.bench_name} is leased by {self.lease.holder} since "
                               f"{LabClock.iso(self.lease.since)}", requirement="LAB-3")
-            if self.lease is None:
-                self.lease = Lease(args.holder, self.clock)
-            self.lease.last_heartbeat = time.monotonic()
-            token = self.lease.token
+            self.lease = Lease(args.holder, self.clock, key, lease_id, self.lease_term)
+            self.lease.skew = skew
         self.bus.publish_event(self.node, "lease", {"acquired": args.holder})
         self._publish_status()
-        return {"token": token, "heartbeat_timeout": self.heartbeat_timeout}
+        return {"lease": lease_id, "key": kx.public, "heartbeat_timeout": self.heartbeat_timeout,
+                "lease_term": self.lease_term, "max_clock_skew": self.max_clock_skew}
 
-    def _lease_release(self, args: TokenArgs, _ctx: CommandContext) -> dict:
+    def _lease_release(self, _args: Any, ctx: CommandContext) -> dict:
+        try:
+            self.require_lease(ctx)
+        except Refused:
+            return {"released": False}
         with self._lock:
-            if self.lease is None or self.lease.token != args.token:
+            if self.lease is None:
                 return {"released": False}
             holder, self.lease = self.lease.holder, None
         self.all_safe(f"lease released by {holder}")
@@ -343,9 +448,12 @@ class Agent:
         self.trip_estop(args.reason)
         return {"latched": True}
 
-    def _estop_reset(self, _args: Any, _ctx: CommandContext) -> dict:
+    def _estop_reset(self, _args: Any, ctx: CommandContext) -> dict:
+        """Only the lease holder resets the E-stop (a person at the bench who
+        has leased it), and only once the input is released."""
         if self.estop is not None and self.estop.is_pressed:
             raise Refused("the E-stop input is still pressed: release it first", code="estop", requirement="LAB-2")
+        self.require_lease(ctx)
         with self._lock:
             self.estop_latched, self.estop_reason = False, None
         self.bus.publish_event(self.node, "estop", {"reset": True})
@@ -383,6 +491,9 @@ class Agent:
             "pin_factory": self.cfg.controller.pin_factory,
             "heartbeat_timeout": self.heartbeat_timeout,
             "lease": lease,
+            "lease_term": self.lease_term,
+            "max_clock_skew": self.max_clock_skew,
+            "clock": self.clock_report,
             "estop": {"latched": self.estop_latched, "reason": self.estop_reason,
                       "input": self.estop.is_pressed if self.estop else None},
             "relays": sorted(self.relays),

@@ -44,6 +44,7 @@ import logging
 import queue
 import re
 import socket
+import ssl
 import threading
 import time
 import typing
@@ -139,9 +140,14 @@ class CommandContext:
     op: str
     id: str
     sender: str
-    lease: str | None
+    lease: Any
     expires: float
     received: float
+    args: Any = None          # the command's args as received (a lease proof covers them)
+
+    @property
+    def topic(self) -> str:
+        return self.node.cmd(self.op)
 
 
 Handler = Callable[[Any, CommandContext], dict[str, Any] | None]
@@ -361,6 +367,8 @@ class Bus:
         self._connected = threading.Event()
         self._ever_connected = False
         self._lost_at: float | None = None      # monotonic time the broker was lost
+        self._refused: str | None = None      # why the broker refused this client, if it did
+        self._connect_done = threading.Event()
         self._closing = threading.Event()
         self._lane = _Lane(f"bus-cmd:{self.client_id}", self._run_queued, 1, CMD_QUEUE_MAX)
         # safe-direction commands: those of the whole bus (every output safe, E-stop)
@@ -382,7 +390,7 @@ class Bus:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                         protocol=mqtt.MQTTv311, clean_session=True)
         if endpoint.username:
-            c.username_pw_set(endpoint.username, endpoint.password)
+            c.username_pw_set(endpoint.username, endpoint.password())
         if endpoint.tls is not None:
             t = endpoint.tls
             c.tls_set(ca_certs=str(t.ca_file) if t.ca_file else None,
@@ -452,16 +460,23 @@ class Bus:
         take commands."""
         try:
             self._client.connect(self.endpoint.host, self.endpoint.port, keepalive=self.endpoint.keepalive)
+        except ssl.SSLError as exc:
+            raise BusError(f"TLS with the MQTT broker at {self.endpoint} failed: {exc.reason or exc} "
+                           "(check broker.tls: ca_file, cert_file, key_file)") from None
         except OSError as exc:
             raise BusError(
-                f"cannot reach the MQTT broker at {self.endpoint.url}: {exc.strerror or exc}. "
+                f"cannot reach the MQTT broker at {self.endpoint}: {exc.strerror or exc}. "
                 "Is the lab up? Start it with `rig up --lab LAB.yaml` (or check broker: in lab.yaml)"
             ) from None
         self._client.loop_start()
-        if not self._connected.wait(timeout):
+        self._connect_done.wait(timeout)
+        if self._refused is not None or not self._connected.is_set():
             self._closing.set()
             self._client.loop_stop()
-            raise BusError(f"MQTT broker at {self.endpoint.url} did not accept the connection within {timeout:g} s")
+            if self._refused is not None:
+                who = f"user {self.endpoint.username}" if self.endpoint.username else "an anonymous client"
+                raise BusError(f"the MQTT broker at {self.endpoint} refused {who}: {self._refused}")
+            raise BusError(f"MQTT broker at {self.endpoint} did not accept the connection within {timeout:g} s")
         t = threading.Thread(target=self._message_worker, name=f"bus-msg:{self.client_id}", daemon=True)
         t.start()
         self._threads.append(t)
@@ -574,7 +589,10 @@ class Bus:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("broker %s refused connection: %s", self.endpoint.url, reason_code)
+            log.error("broker %s refused %s: %s", self.endpoint, self.client_id, reason_code)
+            if not self._connected.is_set() and not self._announced.is_set():
+                self._refused = str(reason_code)
+                self._connect_done.set()
             return
         filters = {self.reply_topic}
         with self._subs_lock:
@@ -588,6 +606,7 @@ class Bus:
         if reconnected:
             self._after_reconnect()
         self._connected.set()
+        self._connect_done.set()
 
     def _after_reconnect(self) -> None:
         """A broker that restarted has forgotten the retained state and
@@ -595,7 +614,7 @@ class Bus:
         latest per topic; a command still waiting for its reply goes again
         with the same id (the node answers a repeat from its cache)."""
         log.warning("%s reconnected to %s: republishing %d retained topics, %d pending commands",
-                    self.client_id, self.endpoint.url, len(self._retained), len(self._pending))
+                    self.client_id, self.endpoint, len(self._retained), len(self._pending))
         # state before presence: whoever follows this node sees its current
         # state before it sees it online again
         for topic, data in list(self._retained.items()):
@@ -611,7 +630,7 @@ class Bus:
         if self._lost_at is None:
             self._lost_at = time.monotonic()
         if not self._closing.is_set():
-            log.warning("%s lost the broker at %s (%s); reconnecting", self.client_id, self.endpoint.url, reason_code)
+            log.warning("%s lost the broker at %s (%s); reconnecting", self.client_id, self.endpoint, reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         topic = msg.topic
@@ -904,7 +923,8 @@ class Bus:
 
     def _execute(self, job: _Job) -> None:
         cmd = job.cmd
-        ctx = CommandContext(job.node, job.op_name, cmd.id, cmd.sender, cmd.lease, cmd.expires, job.received)
+        ctx = CommandContext(job.node, job.op_name, cmd.id, cmd.sender, cmd.lease, cmd.expires, job.received,
+                             cmd.args)
         held: list[tuple[str, bytes, bool, int]] = []
         self._defer.items = held
         result, error = None, None
@@ -998,15 +1018,18 @@ class Bus:
             entry[0].set_result(reply)
 
     def request(self, node: Node, op: str, args: dict[str, Any] | None = None, timeout: float = 5.0,
-                lease: str | None = None, expires: float | None = None) -> dict[str, Any]:
+                lease: Callable[[str, dict[str, Any]], Any] | None = None,
+                expires: float | None = None) -> dict[str, Any]:
         """Send ``op`` to ``node`` and wait for its reply.
 
         ``timeout`` is lab seconds (at least :data:`MIN_WALL_TIMEOUT` wall
         seconds); the command expires at the same instant unless ``expires``
         (lab time) says otherwise, so a command that reaches the node late is
-        refused rather than executed late.  If the broker is lost meanwhile,
-        the command goes again with the same id after the reconnection (the
-        node never runs an id twice).  Raises :class:`CommandError` on an
+        refused rather than executed late.  ``lease`` proves the bench lease:
+        called with the command's topic and payload, it returns the proof
+        (rig/lab.py; the lease key itself never goes on the bus).  If no reply
+        comes, the command goes again with the same id (and the same proof):
+        the node never runs an id twice.  Raises :class:`CommandError` on an
         error reply, :class:`CommandTimeout` when nothing answers (saying
         whether the broker was reachable), :class:`BusError` on a closed bus."""
         if self._closing.is_set() or self.fatal:
@@ -1018,7 +1041,7 @@ class Bus:
         cmd = {"id": cmd_id, "reply_to": self.reply_topic, "sender": self.client_id, "expires": expires,
                "args": args or {}}
         if lease is not None:
-            cmd["lease"] = lease
+            cmd["lease"] = lease(node.cmd(op), cmd)
         data = encode(cmd)
         if len(data) > MAX_PAYLOAD:
             raise BusError(f"{node} {op}: command of {len(data)} bytes is over the bus limit of {MAX_PAYLOAD} bytes")
@@ -1065,11 +1088,11 @@ class Bus:
         """Why a request may have had no reply, as far as this bus can tell."""
         if not self._connected.is_set():
             since = f" for {time.monotonic() - self._lost_at:.1f} wall s" if self._lost_at else ""
-            return (f"the MQTT broker at {self.endpoint.url} is unreachable{since}; the command was "
+            return (f"the MQTT broker at {self.endpoint} is unreachable{since}; the command was "
                     f"{'delivered to the broker before it went' if _acked(info) else 'not delivered'}"
                     " and will not run after its expiry")
         if info is not None and not _acked(info):
-            return f"the MQTT broker at {self.endpoint.url} did not acknowledge the command"
+            return f"the MQTT broker at {self.endpoint} did not acknowledge the command"
         if sends > 1:
             return f"sent {sends} times; is the node online? (`rig status`)"
         return None

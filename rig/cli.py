@@ -122,6 +122,9 @@ def up(
             return
         with Live(render_status(cfg, snapshot(up_.bus)), console=console, refresh_per_second=2) as live:
             while not stop.wait(2.0):
+                if powered is not None:
+                    for bname in cfg.benches:
+                        powered.bench(bname).progress()   # rig up is alive: its leases stay
                 dead = [c for c in up_.children if c.proc.poll() is not None]
                 if dead:
                     raise Exit(f"{dead[0].name} stopped (code {dead[0].proc.returncode}):\n{dead[0].tail()}")
@@ -242,7 +245,7 @@ def status(
     from .broker import endpoint_for
 
     cfg = load(lab)
-    ep = endpoint_from_env() or endpoint_for(cfg.broker)
+    ep = (endpoint_from_env() or endpoint_for(cfg.broker)).for_role("observer")
     with Bus(ep, client_id=f"status-{os.getpid()}") as bus:
         seen = snapshot(bus, bench)
     if as_json:
@@ -261,11 +264,8 @@ def hold_lease(clock, hold: Optional[float], what: str) -> None:
     console.print(f"{what}: holding the lease " + (f"for {hold:g} lab s" if hold is not None else "until Ctrl-C")
                   + "; then the bench goes to its safe state")
     try:
-        if hold is not None:
-            clock.wait_event(stop, hold)
-        else:
-            while not stop.wait(1.0):
-                pass
+        # a wait on the lab clock counts as the lease holder's progress (the lease stays)
+        clock.wait_event(stop, hold)
     except KeyboardInterrupt:
         pass
 
@@ -342,7 +342,10 @@ def estop(
     from .lab import Lab
 
     with Lab.open(load(lab)) as lab_:
-        b = lab_.bench(bench, lease=False)
+        if action not in ("trip", "reset"):
+            raise Exit("action must be trip or reset", 2)
+        # a trip needs no lease (towards safe); a reset needs the bench's lease
+        b = lab_.bench(bench, lease=action == "reset")
         if action == "trip":
             b.estop("rig estop (command line)")
             console.print(f"[red]{bench}: E-stop latched[/red]; every output is safe. `rig estop {bench} reset` to clear")
@@ -355,11 +358,13 @@ def estop(
 
 # ----------------------------------------------------------------------------- agent, sim
 def _child_endpoint(cfg: LabConfig, broker: Optional[str]):
-    from .broker import endpoint_for
+    """``--broker URL`` (an Endpoint URL: TLS and credentials included), else
+    ``RIG_BROKER_URL``, else lab.yaml's broker."""
+    from .broker import Endpoint, endpoint_for
     from .lab import endpoint_from_env
 
     if broker:
-        os.environ["RIG_BROKER_URL"] = broker
+        return Endpoint.from_url(broker)
     return endpoint_from_env() or endpoint_for(cfg.broker)
 
 
@@ -367,7 +372,8 @@ def _child_endpoint(cfg: LabConfig, broker: Optional[str]):
 def agent(
     bench: str = typer.Option(..., "--bench", "-b", help="the bench this controller drives"),
     lab: Path = LabOpt,
-    broker: Optional[str] = typer.Option(None, help="mqtt://host:port (default: lab.yaml broker)"),
+    broker: Optional[str] = typer.Option(None, help="broker URL, e.g. mqtts://agent-bench-3@host:8883/?ca_file=..."
+                                         "&password_env=VAR (default: lab.yaml broker)"),
     verbose: bool = typer.Option(False, "-v"),
 ) -> None:
     """Run a bench's controller agent (on the bench's Raspberry Pi; `rig up` starts
@@ -429,27 +435,78 @@ def run(
 def selftest(
     lab: Path = LabOpt,
     bench: Optional[str] = typer.Option(None, help="the bench to run on (default: the first)"),
-    trials: int = typer.Option(2, help="suites.safety.trials during the self-test"),
-    fault: Optional[str] = typer.Option(None, help="only this fault profile (and the healthy run)"),
+    trials: int = typer.Option(2, min=1, help="suites.safety.trials during the self-test"),
+    fault: Optional[str] = typer.Option(None, help="only this fault profile (and, healthy, the checks that claim it)"),
+    faults: Optional[str] = typer.Option(None, help="only these fault profiles, comma-separated, e.g. "
+                                         "skips_arm,utrn_reuse (and, healthy, the checks that claim them)"),
     results: Optional[Path] = typer.Option(None, help="results directory (default: lab.yaml results.dir)"),
-    jobs: int = typer.Option(1, help="labs run at once (each is a broker, an agent, a simulated bench and pytest); "
-                             "more is faster, but at clock scale 60 a loaded machine's jitter is lab seconds"),
+    jobs: int = typer.Option(1, min=1, help="labs run at once (each is a broker, an agent, a simulated bench and "
+                             "pytest); more is faster, but at clock scale 60 a loaded machine's jitter is lab seconds"),
 ) -> None:
     """Show that every safety and outage check fails against the device fault that breaks it.
 
     Runs each check on the healthy lab (it must pass), then brings the lab up with
     each fault profile its checks name (detects) and runs them (each must fail).
-    Writes a sealed run folder; exits non-zero if any check cannot be shown to fail."""
-    from .selftest import CollectionError, run_selftest
+    Writes a sealed run folder; exits 1 if any check cannot be shown to fail, if a
+    lab ran no check, or (full run) if a safety or outage check names no fault or a
+    fault profile of rig/faults.py is claimed by no check; 2 on bad arguments."""
+    from .selftest import CollectionError, SelftestUsageError, run_selftest
 
     load(lab)
     try:
         code = run_selftest(lab, bench=bench, trials=trials, only_fault=fault, results_dir=results, console=console,
-                            jobs=jobs)
+                            jobs=jobs, faults=[faults] if faults else None)
+    except SelftestUsageError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     except CollectionError as exc:
-        console.print(f"[red]self-test cannot run:[/red] {exc}", highlight=False)
+        console.print(f"[red]self-test cannot run:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
+
+
+# ----------------------------------------------------------------------------- broker
+broker_app = typer.Typer(help="The lab's MQTT broker: its security configuration.", no_args_is_help=True)
+
+
+@broker_app.command("config")
+def broker_config(
+    out: Path = typer.Option(..., "--out", "-o", help="an empty directory for the configuration"),
+    lab: Path = LabOpt,
+    port: int = typer.Option(8883, help="the broker's TLS port"),
+    certfile: Path = typer.Option(..., help="the broker's certificate (PEM)"),
+    keyfile: Path = typer.Option(..., help="its private key (PEM)"),
+    cafile: Optional[Path] = typer.Option(None, help="the lab CA (default: lab.yaml broker.tls.ca_file); "
+                                          "needed to check client certificates"),
+    require_certificate: bool = typer.Option(False, help="clients must also present a certificate signed by the CA"),
+) -> None:
+    """Write the mosquitto configuration of a real lab's broker: a TLS listener,
+    no anonymous clients, a password file and an ACL generated from lab.yaml
+    (one user per role: orchestrator, observer, agent-<bench>, sim-<bench>,
+    device-<bench>-<device>), and one 0600 credentials file per client."""
+    from .security import SecurityError, write_broker_config
+
+    cfg = load(lab)
+    ca = cafile or (cfg.broker.tls.ca_file if cfg.broker.tls else None)
+    if require_certificate and ca is None:
+        raise Exit("--require-certificate needs the lab CA (--cafile or broker.tls.ca_file)", 2)
+    for f in (certfile, keyfile, *([ca] if ca else [])):
+        if not Path(f).is_file():
+            raise Exit(f"{f}: no such file", 2)
+    try:
+        files = write_broker_config(cfg, out, port, Path(certfile).resolve(), Path(keyfile).resolve(),
+                                    Path(ca).resolve() if ca else None, require_certificate)
+    except SecurityError as exc:
+        raise Exit(str(exc), 2) from None
+    console.print(f"[green]broker configuration for lab '{cfg.lab.name}' in {out}[/green]", highlight=False)
+    console.print(f"  {files['conf']}: include it in the broker's mosquitto.conf (or run mosquitto -c on it)",
+                  highlight=False)
+    console.print(f"  {files['passwd']}, {files['acl']}: the password file and the ACL it names", highlight=False)
+    console.print(f"  {files['credentials']}/<user>.env: give each host its own file only "
+                  "(RIG_MQTT_USER/RIG_MQTT_PASSWORD, the variables lab.yaml names)", highlight=False)
+
+
+app.add_typer(broker_app, name="broker")
 
 
 # --- sub-apps: one add_typer line each -------------------------------------------

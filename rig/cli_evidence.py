@@ -95,6 +95,29 @@ def report(
 
 
 # ----------------------------------------------------------------------------- evidence safety
+def _say_which_selftest(run: Path, selftest: Optional[Path]) -> None:
+    """Before building the pack: which self-test vouches for the run's checks,
+    in red what is wrong with it, and the lab's deviations."""
+    from rich.markup import escape
+
+    from .evidence.record import RecordError, load_run
+    from .evidence.safety_pack import resolve_selftest
+
+    if selftest is not None and not (selftest / "run.json").exists() and not (selftest / "journal.jsonl").exists():
+        _fail(f"--selftest {selftest}: not a run folder (no run.json); give the folder `rig selftest` printed")
+    try:
+        rec = load_run(run)
+        st = resolve_selftest(run, rec, selftest)
+    except RecordError as exc:
+        _fail(str(exc))
+    if st["run"]:
+        console.print(f"self-checks from {st['run']['id']} ({st['run']['where']})", highlight=False)
+    for problem in st["problems"]:
+        console.print(f"[red]{escape(problem)}[/red]", highlight=False)
+    if rec.get("deviations"):
+        console.print(f"[red]the lab declares {len(rec['deviations'])} deviation(s) from the requirement values[/red]")
+
+
 @evidence_app.command("safety")
 def safety(
     run: Path = typer.Option(..., "--run", help="the run folder"),
@@ -105,11 +128,17 @@ def safety(
 ) -> None:
     """Build the PPMID enable-supply safety evidence pack of a run.
 
+    Per safety property: the trials observed, the instruments that observed
+    them, the faults the checks were shown to detect (self-checks from
+    --selftest, else from the latest sealed self-test of the lab), the lab's
+    deviations from the requirement values.
+
     The six safety properties: trials, failures, worst enable latency, stale
     and replay results, self-checks, and the hash of the run it came from."""
     from .evidence.record import RecordError
     from .evidence.safety_pack import build
 
+    _say_which_selftest(run, selftest)
     try:
         html_path, pdf_path = build(run, out, pdf=pdf, selftest_dir=selftest)
     except RecordError as exc:

@@ -63,7 +63,7 @@ def _retained(cfg: LabConfig, bench: str | None, quiet: float = 0.3, limit: floa
     from .bus import Bus
     from .lab import endpoint_from_env
 
-    ep = endpoint_from_env() or endpoint_for(cfg.broker)
+    ep = (endpoint_from_env() or endpoint_for(cfg.broker)).for_role("observer")
     with Bus(ep) as bus:
         watch = bus.watch(f"{ROOT}/{bench or '+'}/instrument/#")
         start = time.monotonic()

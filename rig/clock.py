@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 ENV_VAR = "RIG_CLOCK"
+#: wall seconds between two progress ticks of a long wait (see LabClock.add_tick)
+TICK = 1.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,25 @@ class LabClock:
         # never goes backwards if the wall clock is stepped by NTP.
         self._mono0 = time.monotonic()
         self._wall0 = time.time()
+        self._ticks: list[Callable[[], None]] = []
+
+    # -- progress ticks -----------------------------------------------------------
+    def add_tick(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` on the waiting thread at least every :data:`TICK` wall
+        seconds while it waits or sleeps on this clock (a leased bench counts
+        its holder's waits as progress: rig/lab.py)."""
+        self._ticks.append(fn)
+
+    def remove_tick(self, fn: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._ticks.remove(fn)
+
+    def _tick(self) -> None:
+        for fn in list(self._ticks):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a tick must never break a wait
+                pass
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -117,11 +138,28 @@ class LabClock:
         """Let ``lab_seconds`` of lab time pass.  For simulated processes that
         model a duration (a meter's alert period), never for "waiting for
         things" in tests: use :meth:`wait_for` on an event instead."""
-        time.sleep(self.wall_seconds(lab_seconds))
+        end = time.monotonic() + self.wall_seconds(lab_seconds)
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._ticks:
+                self._tick()
+                remaining = min(remaining, TICK)
+            time.sleep(remaining)
 
     def wait_event(self, event: threading.Event, timeout: float | None) -> bool:
         """Wait on a threading event for at most ``timeout`` lab seconds."""
-        return event.wait(None if timeout is None else self.wall_seconds(timeout))
+        if not self._ticks:
+            return event.wait(None if timeout is None else self.wall_seconds(timeout))
+        end = None if timeout is None else time.monotonic() + self.wall_seconds(timeout)
+        while True:
+            self._tick()
+            step = TICK if end is None else min(TICK, end - time.monotonic())
+            if step <= 0:
+                return event.is_set()
+            if event.wait(step):
+                return True
 
     def wait_for(
         self,
@@ -138,14 +176,21 @@ class LabClock:
         """
         deadline = time.monotonic() + self.wall_seconds(timeout)
         step = 0.005 if poll is None else self.wall_seconds(poll)
+        next_tick = 0.0
         with condition if condition is not None else contextlib.nullcontext():
             while True:
                 value = predicate()
                 if value:
                     return value
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = deadline - now
                 if remaining <= 0:
                     return value
+                if self._ticks:
+                    if now >= next_tick:
+                        self._tick()
+                        next_tick = now + TICK
+                    remaining = min(remaining, TICK)
                 if condition is not None:
                     condition.wait(remaining)
                 else:

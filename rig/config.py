@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, ValidationInfo
 
 from . import yamlpos
+from .reference import REFERENCES, Deviation
 
 BANDS = ("2.4GHz", "868MHz")
 
@@ -79,6 +80,16 @@ class TlsConfig(Strict):
     insecure: bool = Field(False, description="skip hostname check (lab bring-up only)")
 
 
+class ServerTls(Strict):
+    """TLS of a broker the rig starts (``rig up``; mosquitto only): the
+    broker's own certificate.  Clients check it against ``broker.tls.ca_file``."""
+
+    cert_file: Path = Field(..., description="the broker's certificate (PEM)")
+    key_file: Path = Field(..., description="its private key (PEM)")
+    require_certificate: bool = Field(False, description="clients must also present a certificate signed by "
+                                      "broker.tls.ca_file")
+
+
 class BrokerConfig(Strict):
     """Where the lab's MQTT broker is.
 
@@ -90,7 +101,10 @@ class BrokerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(18830, ge=0, le=65535, description="0 picks a free port")
     url: str | None = None
-    tls: TlsConfig | None = None
+    tls: TlsConfig | None = Field(None, description="how clients check the broker (ca_file) and, optionally, "
+                                  "present a client certificate (cert_file, key_file)")
+    server_tls: ServerTls | None = Field(None, description="a broker the rig starts serves TLS with this "
+                                         "certificate (required off loopback)")
     username_env: str | None = None
     password_env: str | None = None
     keepalive: int = Field(10, ge=2, le=600)
@@ -157,6 +171,16 @@ class ControllerConfig(Strict):
         description="wall seconds without the lease holder's heartbeat before every output goes safe",
     )
     estop: EStopConfig | None = None
+    lease_term: float = Field(
+        60.0, gt=0, le=3600,
+        description="wall seconds a lease lasts without the holder's progress (its main work: commands, waits); "
+                    "a hung orchestrator whose heartbeat thread still runs loses the lease after it",
+    )
+    max_clock_skew: float = Field(
+        5.0, gt=0, le=3600,
+        description="wall seconds the lease holder's clock may differ from this controller's; above it the "
+                    "lease is refused or ended",
+    )
 
 
 class RelayConfig(Strict):
@@ -227,13 +251,19 @@ class HanLink(Strict):
 
 
 class EsmeSettings(Strict):
-    outage_alert_period: float = Field(180.0, gt=0, description="OUT-2: lab seconds before an outage alert")
-    hold_time: float = Field(2.0, gt=0, description="SUP-7: seconds the enable button must be held")
-    remote_enable: Literal["never", "when_not_armed"] = Field(
-        "when_not_armed",
-        description="lab policy: may a remote command enable a disabled (not armed) supply; never when armed (SUP-2)",
+    outage_alert_period: float = Field(
+        180.0, gt=0, description="the meter's own outage period: it picks the restoration alert, 0x8F35 (shorter) "
+        "or 0x8F36 (at least this long). The suites judge against the requirement's 180 s, never this")
+    hold_time: float = Field(2.0, gt=0, description="SUP-7: seconds this meter wants its enable button held")
+    remote_enable: Literal["arms", "refused", "closes"] = Field(
+        "arms",
+        description="what this meter does with a remote enable of a disabled supply: 'arms' (at most: the seed's "
+                    "rule, SUP-1), 'refused', or 'closes' (a declared safety deviation from properties 1 and 3: "
+                    "the safety suite reports it). A remote enable of an ARMED supply is always refused (SUP-2)",
     )
-    ppmid_command_ttl: float = Field(30.0, gt=0, description="property 4: a PPMID press older than this is stale")
+    ppmid_command_ttl: float = Field(
+        4.5, gt=0, description="property 4: a PPMID press older than this (lab seconds, by the press's whole-second "
+        "time stamp) is stale and refused; it must stay inside the enable bound (5 s)")
     paired_ppmid: str | None = Field(None, description="device name of the PPMID paired with this meter")
     credit: float = Field(20.0, description="initial prepayment credit, GBP")
     emergency_credit: float = Field(5.0, ge=0, description="emergency credit made available, GBP")
@@ -249,6 +279,9 @@ class EsmeSettings(Strict):
 
 class HubSettings(Strict):
     reserve_seconds: float = Field(120.0, ge=0, description="OUT-5: hub runs this long on its reserve after mains loss")
+    outage_alert_period: float = Field(
+        180.0, gt=0, description="OUT-2: the WAN provider raises the outage alert (AD1) when this hub has been "
+        "without mains this long. The suites judge against the requirement's 180 s, never this")
     gas_mirror_period: float = Field(1800.0, gt=0, description="HAN-7: gas mirror sync period, lab seconds")
 
 
@@ -258,6 +291,7 @@ class GsmeSettings(Strict):
 
 class PpmidSettings(Strict):
     paired_meter: str | None = Field(None, description="device name of the ESME this PPMID is paired with")
+    hold_time: float = Field(2.0, gt=0, description="SUP-7: seconds this PPMID wants its enable button held")
 
 
 class IhdSettings(Strict):
@@ -392,7 +426,6 @@ class SafetySuite(Strict):
     trials: int = Field(10, ge=1, description="repeats of each safety trial; hundreds for a safety run")
     link_trials: int = Field(3, ge=1, description="repeats of the trials that take the HAN link down or to its "
                              "edge (each waits out the PPMID command's freshness window)")
-    enable_latency_bound: float = Field(5.0, gt=0, description="property 2: lab seconds from local action to load live")
 
 
 class PropagationSuite(Strict):
@@ -405,6 +438,20 @@ class SuitesConfig(Strict):
     outage: OutageSuite = Field(default_factory=OutageSuite)
     safety: SafetySuite = Field(default_factory=SafetySuite)
     propagation: PropagationSuite = Field(default_factory=PropagationSuite)
+    deviations: dict[str, Deviation] = Field(
+        default_factory=dict,
+        description="requirement values this lab judges against instead of the requirement's own "
+                    "(rig/reference.py: outage_alert_period, enable_latency_bound, hold_time, gas_mirror_period), "
+                    "each with its reason; reports show them in red")
+
+    @field_validator("deviations")
+    @classmethod
+    def _known_values(cls, v: dict[str, Deviation]) -> dict[str, Deviation]:
+        unknown = set(v) - set(REFERENCES)
+        if unknown:
+            raise ValueError(f"no requirement value named {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(REFERENCES)}")
+        return v
 
 
 # --------------------------------------------------------------------------- bench and lab
@@ -523,10 +570,32 @@ def _cross_check(lab: LabConfig) -> list[tuple[tuple, str]]:
                 problems.append((base + ("wiring", key), f"unknown {'relay' if table is bench.relays else 'part'} '{name}'"))
             elif kind is not None and getattr(table[name], "kind", None) != kind:
                 problems.append((base + ("wiring", key), f"'{name}' is a {table[name].kind}, expected a {kind}"))
+    problems += _broker_security(lab)
     bands = lab.han.bands
     for missing in set(BANDS) - set(bands):
         problems.append((("han", "bands"), f"band {missing} is not described"))
     return problems
+
+
+def _broker_security(lab: LabConfig) -> list[tuple[tuple, str]]:
+    """A bench with real mains (a GPIO pin factory other than ``mock``) needs
+    a broker with TLS and credentials (SEC-3)."""
+    real = [(n, b.controller.pin_factory) for n, b in lab.benches.items() if b.controller.pin_factory != "mock"]
+    if not real:
+        return []
+    bench, factory = real[0]
+    where = ("benches", bench, "controller", "pin_factory")
+    br = lab.broker
+    external = br.kind == "external" or br.url is not None
+    tls = (br.tls is not None or (br.url or "").startswith("mqtts://")) if external else br.server_tls is not None
+    if not tls:
+        return [(where, f"pin factory {factory} switches real mains: the broker needs TLS "
+                        f"({'an mqtts:// url and broker.tls' if external else 'broker.server_tls'}); "
+                        "see README 'Securing a real lab'")]
+    if external and not ((br.username_env and br.password_env) or (br.tls and br.tls.cert_file)):
+        return [(where, f"pin factory {factory} switches real mains: the broker needs credentials "
+                        "(broker.username_env and broker.password_env, or a client certificate in broker.tls)")]
+    return []
 
 
 # --------------------------------------------------------------------------- loading

@@ -21,6 +21,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("lab.results", c.ResultsConfig, ""),
     ("broker", c.BrokerConfig, "where the lab's MQTT broker is"),
     ("broker.tls", c.TlsConfig, ""),
+    ("broker.server_tls", c.ServerTls, "the TLS of a broker `rig up` starts (mosquitto only; required off loopback)"),
     ("benches.NAME", c.BenchConfig, "one bench; NAME becomes an MQTT topic level"),
     ("benches.NAME.controller", c.ControllerConfig, "the bench's Raspberry Pi (`rig agent`)"),
     ("benches.NAME.controller.estop", c.EStopConfig, ""),
@@ -39,6 +40,11 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("benches.NAME.wiring", c.Wiring, "what feeds what, for the physical bench model"),
     ("han", c.HanConfig, "the simulated HAN medium"),
     ("han.bands.BAND", c.BandModel, "per band: 2.4GHz and 868MHz"),
+    ("suites", c.SuitesConfig, "the suites' repeat counts and tolerances; the requirement values they judge "
+     "against are the requirements' own (rig/reference.py), unless a deviation is declared here"),
+    ("suites.deviations.KEY", c.Deviation, "one requirement value this lab judges against instead (KEY: "
+     + ", ".join(f"`{k}` ({r.value:g} {r.units}, {r.requirement})" for k, r in c.REFERENCES.items())
+     + "); the run record, the report and the safety pack show it in red"),
     ("suites.outage", c.OutageSuite, ""),
     ("suites.safety", c.SafetySuite, ""),
     ("suites.propagation", c.PropagationSuite, ""),

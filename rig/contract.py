@@ -126,7 +126,7 @@ class Command(Envelope):
     sender: str = Field(..., min_length=1, max_length=200)
     expires: float = Field(..., description="lab time after which the command must not run; finite")
     args: dict[str, Any] = Field(default_factory=dict)
-    lease: str | None = Field(None, description="the bench lease token, for ops that need one")
+    lease: "LeaseProof | None" = Field(None, description="proof of the bench lease, for ops that need one")
 
     @field_validator("reply_to")
     @classmethod
@@ -185,9 +185,26 @@ class Presence(Envelope):
     reason: str | None = None
 
 
-class Heartbeat(Envelope):
-    """The lease holder's heartbeat to a bench agent."""
+class LeaseProof(Envelope):
+    """A command's proof that its sender holds the bench lease: the lease id
+    (public) and an HMAC-SHA256, under the lease key, of the command's topic,
+    id, sender, expiry and args (rig/security.py).  The key never travels."""
 
-    lease: str
+    id: str = Field(..., min_length=1, max_length=64)
+    mac: str = Field(..., min_length=64, max_length=64)
+
+
+class Heartbeat(Envelope):
+    """The lease holder's heartbeat to a bench agent: ``seq`` strictly
+    increases, ``wall`` is the holder's system clock (the agent compares it
+    with its own), ``progress`` counts the holder's main work (a hung holder's
+    stays put), ``mac`` is the HMAC of all of them under the lease key."""
+
+    lease: str = Field(..., min_length=1, max_length=64, description="the lease id (public)")
     seq: int
     wall: float
+    progress: int = 0
+    mac: str = Field(..., min_length=64, max_length=64)
+
+
+Command.model_rebuild()

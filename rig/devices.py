@@ -205,12 +205,11 @@ class PpmidHandle(DeviceHandle):
         return self.request("hold", timeout=seconds + DEFAULT_TIMEOUT, button=button, seconds=seconds)
 
     def enable(self, hold: float | None = None) -> dict[str, Any]:
-        """Enable supply from the PPMID: press ``enable``, then hold it.
-        Returns the PPMID's outcome (``delivered``, ``accepted``, ``supply``)."""
+        """Enable supply from the PPMID: press ``enable``, then hold it (default: the
+        PPMID's own ``hold_time`` + 0.5 s).  Returns the PPMID's outcome
+        (``delivered``, ``accepted``, ``supply``)."""
         self.press("enable")
-        meter = self.cfg.settings.paired_meter or self.bench.cfg.device_of_kind("esme")
-        hold_time = self.bench.cfg.devices[meter].settings.hold_time if meter in self.bench.cfg.devices else 2.0
-        return self.hold("enable", hold if hold is not None else hold_time + 0.5)
+        return self.hold("enable", hold if hold is not None else self.cfg.settings.hold_time + 0.5)
 
     def emergency_credit(self) -> dict[str, Any]:
         return self.press("emergency_credit")
@@ -299,9 +298,12 @@ class DccHandle:
         """Every alert the head end has recorded (asked for now)."""
         return self.fetch_alerts()
 
-    def fetch_alerts(self, since: float | None = None, code: str | None = None,
-                     device: str | None = None) -> list[dict[str, Any]]:
-        args = {k: v for k, v in {"since": since, "code": code, "device": device}.items() if v is not None}
+    def fetch_alerts(self, since: float | None = None, code: str | None = None, device: str | None = None,
+                     inbox: str | None = None) -> list[dict[str, Any]]:
+        """Alerts the head end received at or after ``since`` (lab time), each with its
+        ``received`` time and the ``inbox`` it arrived in (``supplier``, ``dno``, ``wan_provider``)."""
+        args = {k: v for k, v in {"since": since, "code": code, "device": device, "inbox": inbox}.items()
+                if v is not None}
         return self.bench.request(self.node, "alerts", args, timeout=DEFAULT_TIMEOUT)["alerts"]
 
     def wait_alert(self, code: str, timeout: float = DEFAULT_TIMEOUT, device: str | None = None,
@@ -330,6 +332,14 @@ class DccHandle:
     def events(self, name: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
         return _events_of(self._events, name, since)
 
+    def watch_alert(self, predicate: Callable[[dict[str, Any]], object], timeout: float) -> dict[str, Any] | None:
+        """Wait up to ``timeout`` lab seconds for an ``event/alert`` (seen since this handle
+        was made) for which ``predicate`` holds; None if none came."""
+        def check() -> dict[str, Any] | None:
+            return next((e for e in _events_of(self._events, "alert", None) if predicate(e)), None)
+
+        return self.bench.clock.wait_for(check, max(0.0, timeout), condition=self._events.cond) or None
+
     def service_request(self, device: str, op: str, role: str = "supplier", timeout: float = 60.0,
                         **args: Any) -> dict[str, Any]:
         """A remote command through head end, WAN, hub and HAN: ``op`` is
@@ -353,8 +363,11 @@ class DccHandle:
     def enable(self, device: str | None = None, role: str = "supplier", **kw: Any) -> dict[str, Any]:
         return self.service_request(self._meter(device), "enable", role, **kw)
 
-    def read(self, device: str | None = None, role: str = "supplier", **kw: Any) -> dict[str, Any]:
-        return self.service_request(self._meter(device), "read", role, **kw)
+    def read(self, device: str | None = None, role: str = "supplier", what: str = "metering",
+             **kw: Any) -> dict[str, Any]:
+        """A remote read of the meter: ``what`` is ``metering`` (``supply``, ``energy_kwh``,
+        ``power_w``), ``prepayment`` (``credit``, ``emergency_credit``) or ``load_limit``."""
+        return self.service_request(self._meter(device), "read", role, what=what, **kw)
 
     def add_credit(self, amount: float, device: str | None = None, **kw: Any) -> dict[str, Any]:
         return self.service_request(self._meter(device), "add_credit", "supplier", amount=amount, **kw)
@@ -366,6 +379,56 @@ class DccHandle:
 
     def __repr__(self) -> str:
         return f"<head end {self.bench.name}: {self.state.get('summary', 'no state')}>"
+
+
+class HanTapHandle:
+    """The bench's HAN tap: a sniffer's journal of the frames on the air, and
+    an attacker's radio that replays, holds back or forges frames (safety
+    property 4).  On the simulated bench it is the medium's node
+    (``rig/v1/<bench>/han/medium``); a real bench has it when a sniffer and
+    injector radio is declared.  Times are the tap's lab times.
+
+    ::
+
+        tap = bench.han_tap
+        tap.delay("ppmid", "esme", cluster=0x0705, command=1, seconds=8)   # next PPMID enable, 8 s late
+        frames = tap.journal(since=t0, src="ppmid", cluster=0x0705)
+    """
+
+    PREPAYMENT, CHANGE_SUPPLY = 0x0705, 0x01
+
+    def __init__(self, bench: "Bench"):
+        self.bench = bench
+        self.node = bench.node("han", "medium")
+        self._presence = bench.watch(self.node.presence)
+
+    @property
+    def available(self) -> bool:
+        """Is a tap on this bench's HAN answering (waits briefly for its presence)?"""
+        got = self._presence.wait_for(lambda p: p.get("online"), 1.0, topic=self.node.presence, min_wall=0.5)
+        return bool(got)
+
+    def _request(self, op: str, **args: Any) -> dict[str, Any]:
+        return self.bench.request(self.node, op, {k: v for k, v in args.items() if v is not None},
+                                  timeout=DEFAULT_TIMEOUT)
+
+    def journal(self, since: float | None = None, src: str | None = None, dst: str | None = None,
+                cluster: int | None = None, command: int | None = None) -> list[dict[str, Any]]:
+        """Application frames seen on their first hop (``ts``, ``src``, ``dst``, ``command`` name, ...)."""
+        return self._request("journal", since=since, src=src, dst=dst, cluster=cluster, command=command)["frames"]
+
+    def replay(self, src: str, dst: str, cluster: int | None = None, command: int | None = None) -> dict[str, Any]:
+        return self._request("replay", src=src, dst=dst, cluster=cluster, command=command)
+
+    def delay(self, src: str, dst: str, seconds: float, cluster: int | None = None, command: int | None = None,
+              within: float | None = None) -> dict[str, Any]:
+        """Hold the next such frame (if one comes within ``within`` lab s, default 60), and every
+        later one between the two, off the air for ``seconds``, then send them on in order."""
+        return self._request("delay", src=src, dst=dst, cluster=cluster, command=command, seconds=seconds,
+                             within=within)
+
+    def forge(self, src: str, dst: str, cluster: int | None = None, command: int | None = None) -> dict[str, Any]:
+        return self._request("forge", src=src, dst=dst, cluster=cluster, command=command)
 
 
 # ---------------------------------------------------------------------------- bench members
@@ -395,3 +458,5 @@ comms_hub = property(lambda bench: _of_kind(bench, "comms_hub"), doc="The commun
 ppmid = property(lambda bench: _of_kind(bench, "ppmid"), doc="The (first) PPMID.")
 ihd = property(lambda bench: _of_kind(bench, "ihd"), doc="The (first) in-home display.")
 dcc = property(_dcc, doc="The head end (DCC): remote commands and alerts.")
+han_tap = property(lambda bench: bench.handle(("han", "tap"), lambda: HanTapHandle(bench)),
+                   doc="The HAN tap: sniffer journal and injector (replay, delay, forge).")

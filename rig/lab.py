@@ -16,6 +16,7 @@ simulated devices, so a script runs unchanged against a real bench.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -26,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from .broker import Endpoint, endpoint_for
-from .bus import MIN_WALL_TIMEOUT, Bus, BusError, CommandError, Watch
+from .bus import MIN_WALL_TIMEOUT, Bus, BusError, CommandError, Watch, encode
 from .clock import ClockAnchor, LabClock
 from .config import LabConfig, UnknownPart, load_lab
 from .contract import LAB_CLOCK, ROOT, Heartbeat, Node, agent_node
+from .security import KeyExchange, command_fields, heartbeat_fields, mac, system_wall
 
 log = logging.getLogger(__name__)
 
@@ -110,34 +112,75 @@ class Bench:
         self.bus = lab.bus
         self.clock = lab.clock
         self.agent = agent_node(name)
-        self.token: str | None = None
         self._watches: dict[str, Watch] = {}
         self._relays: dict[str, RelayHandle] = {}
         self._handles: dict[tuple[str, str], Any] = {}
         self._hb_stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
         self._hb_seq = 0
+        self._progress = 0
+        self._key: bytes | None = None
+        self._owner: int | None = None
+        self.lease_id: str | None = None
+        self.lease_term: float | None = None
+        #: this host's system clock, as the heartbeat reports it (a seam for clock-step faults)
+        self.wall_source: Callable[[], float] = system_wall
         self.agent_state = self.watch(self.agent.state)
         if lease:
             self.acquire()
 
     # ------------------------------------------------------------------ lease
     def acquire(self) -> None:
-        """Lease the bench (LAB-3) and keep the lease alive with heartbeats."""
-        result = self.bus.request(self.agent, "lease.acquire", {"holder": self.lab.holder})
-        self.token = result["token"]
+        """Lease the bench (LAB-3) and keep the lease alive with heartbeats.
+
+        The lease key comes from an X25519 exchange in ``lease.acquire``
+        (rig/security.py): it is never on the bus.  Heartbeats and every
+        command of this bench carry an HMAC under it instead of a token."""
+        kx = KeyExchange()
+        result = self.bus.request(self.agent, "lease.acquire",
+                                  {"holder": self.lab.holder, "key": kx.public, "wall": self.wall_source()})
+        self.lease_id = str(result["lease"])
+        self._key = kx.orchestrator_key(str(result["key"]), self.name, self.lab.holder, self.lease_id)
+        self.lease_term = float(result.get("lease_term", 60.0))
+        self._owner = threading.get_ident()
+        self.clock.add_tick(self._tick)
         interval = float(result.get("heartbeat_timeout", 2.0)) / 4
         self._hb_stop.clear()
         self._hb_thread = threading.Thread(target=self._heartbeat, args=(interval,),
                                            name=f"heartbeat:{self.name}", daemon=True)
         self._hb_thread.start()
 
+    def progress(self) -> None:
+        """Say that this bench's work goes on: the lease lasts ``lease_term``
+        wall seconds past the last progress.  Every command, wait and dwell of
+        the bench says it (and the lab clock's waits on the thread that leased
+        the bench); call it from a long piece of work of your own.  The
+        heartbeat thread never does: a hung script loses its lease."""
+        self._progress += 1
+
+    def _tick(self) -> None:
+        if threading.get_ident() == self._owner:
+            self._progress += 1
+
+    def prove(self, topic: str, cmd: dict[str, Any]) -> dict[str, str] | None:
+        """The lease proof of a command (``Bus.request(lease=...)``)."""
+        key, lease_id = self._key, self.lease_id
+        if key is None:
+            return None
+        args = json.loads(encode(cmd.get("args") or {}))
+        return {"id": lease_id, "mac": mac(key, *command_fields(topic, cmd["id"], cmd["sender"], cmd["expires"],
+                                                                  args))}
+
     def _heartbeat(self, interval: float) -> None:
+        key, lease_id = self._key, self.lease_id
         while not self._hb_stop.wait(interval):
             self._hb_seq += 1
+            seq, wall, progress = self._hb_seq, self.wall_source(), self._progress
             try:
-                self.bus.publish(self.agent.heartbeat,
-                                 Heartbeat(lease=self.token, seq=self._hb_seq, wall=self.clock.wall()).model_dump())
+                self.bus.publish(self.agent.heartbeat, Heartbeat(
+                    lease=lease_id, seq=seq, wall=wall, progress=progress,
+                    mac=mac(key, *heartbeat_fields(self.name, lease_id, seq, wall, progress)),
+                ).model_dump())
             except BusError as exc:
                 log.warning("heartbeat to %s not sent: %s", self.name, exc)
 
@@ -146,16 +189,23 @@ class Bench:
         self._hb_stop.set()
         if self._hb_thread is not None:
             self._hb_thread.join(2)
-        if self.token is not None:
+        self.clock.remove_tick(self._tick)
+        if self._key is not None:
             try:
-                self.bus.request(self.agent, "lease.release", {"token": self.token})
+                self.request(self.agent, "lease.release")
             except CommandError as exc:
                 log.warning("lease release on %s: %s (the heartbeat watchdog will make it safe)", self.name, exc)
-            self.token = None
+            self._key = None
+            self.lease_id = None
+
+    @property
+    def token(self) -> str | None:
+        """The lease id (public: it names the lease, it does not prove it)."""
+        return self.lease_id
 
     @property
     def leased(self) -> bool:
-        return self.token is not None
+        return self._key is not None
 
     # ------------------------------------------------------------------ bus access
     def watch(self, topic_filter: str) -> Watch:
@@ -168,13 +218,16 @@ class Bench:
 
     def request(self, node: Node, op: str, args: dict[str, Any] | None = None, timeout: float = 5.0,
                 **kw) -> dict[str, Any]:
-        """Send a command to a node of this bench with this bench's lease."""
-        return self.bus.request(node, op, args, timeout=timeout, lease=self.token, **kw)
+        """Send a command to a node of this bench, proving this bench's lease."""
+        self._progress += 1
+        return self.bus.request(node, op, args, timeout=timeout, lease=self.prove if self._key else None, **kw)
 
     def wait(self, predicate: Callable[[], object], timeout: float, what: str = "condition") -> object:
         """Wait up to ``timeout`` lab seconds for ``predicate()``; raise
         TimeoutError naming ``what`` if it never holds."""
+        self._progress += 1
         value = self.clock.wait_for(predicate, timeout)
+        self._progress += 1
         if not value:
             raise TimeoutError(f"{self.name}: {what} not met within {timeout:g} lab s")
         return value
@@ -182,7 +235,9 @@ class Bench:
     def dwell(self, lab_seconds: float) -> None:
         """Let a scenario's duration pass (mains off for 170 s).  Not for
         waiting on things to happen: use :meth:`wait` for that."""
+        self._progress += 1
         self.clock.sleep(lab_seconds)
+        self._progress += 1
 
     # ------------------------------------------------------------------ parts
     def relay(self, name: str) -> RelayHandle:
@@ -204,7 +259,7 @@ class Bench:
     from instruments.handles import ac_source, analyser, attenuator, attenuators, instrument, load, mains, optical  # noqa: E402,F401,I001
 
     # --- device handles (rig/devices.py): bench.device(name), bench.esme, bench.ppmid, ...
-    from .devices import comms_hub, dcc, device, esme, gsme, ihd, ppmid  # noqa: E402,F401,I001
+    from .devices import comms_hub, dcc, device, esme, gsme, han_tap, ihd, ppmid  # noqa: E402,F401,I001
 
     def safe(self) -> list[str]:
         """Ask the agent to put every output in its safe state now."""
@@ -214,7 +269,8 @@ class Bench:
         self.bus.request(self.agent, "estop.trip", {"reason": reason})
 
     def reset_estop(self) -> None:
-        self.bus.request(self.agent, "estop.reset")
+        """Reset the E-stop: the agent asks for the lease (lease the bench first)."""
+        self.request(self.agent, "estop.reset")
 
     @property
     def status(self) -> dict[str, Any] | None:
@@ -249,7 +305,7 @@ class Lab:
              holder: str | None = None) -> "Lab":
         """Connect to a running lab (``rig up``, or the lab's own broker and agents)."""
         cfg = path if isinstance(path, LabConfig) else load_lab(path)
-        endpoint = endpoint or endpoint_from_env() or endpoint_for(cfg.broker)
+        endpoint = (endpoint or endpoint_from_env() or endpoint_for(cfg.broker)).for_role("orchestrator")
         clock = LabClock(scale=cfg.lab.clock.scale)
         bus = Bus(endpoint, client_id=f"orch-{uuid.uuid4().hex[:8]}", clock=clock).connect()
         anchor = adopt_clock(bus)
@@ -282,14 +338,12 @@ class Lab:
 
 
 def endpoint_from_env() -> Endpoint | None:
-    """``RIG_BROKER_URL`` (set by ``rig up``/``rig run`` for their children)."""
+    """``RIG_BROKER_URL`` (set by ``rig up``/``rig run`` for their children):
+    an :meth:`Endpoint.url`, TLS and credentials included."""
     url = os.environ.get("RIG_BROKER_URL")
     if not url:
         return None
-    from urllib.parse import urlparse
-
-    u = urlparse(url)
-    return Endpoint(u.hostname or "127.0.0.1", u.port or 1883, os.environ.get("RIG_BROKER_KIND", "external"))
+    return Endpoint.from_url(url)
 
 
 def adopt_clock(bus: Bus, wait: float = 1.0) -> ClockAnchor | None:

@@ -83,7 +83,7 @@ class LabUp:
     bus: Bus | None = None
 
     def start(self, timeout: float = 20.0) -> "LabUp":
-        self.broker = Broker.start(self.cfg.broker, self.port)
+        self.broker = Broker.start(self.cfg.broker, self.port, lab=self.cfg)
         self.endpoint = self.broker.endpoint
         try:
             self.clock = LabClock(scale=self.clock_scale or self.cfg.lab.clock.scale)
@@ -104,8 +104,10 @@ class LabUp:
         log_path = self.log_dir / f"{bench}-{role}.log"
         env = dict(os.environ)
         env.update(self.clock.env())
-        env["RIG_BROKER_URL"] = self.endpoint.url
-        env["RIG_BROKER_KIND"] = self.endpoint.kind
+        # the child's own user and password file, never the password itself
+        user = f"{role}-{bench}"
+        env["RIG_BROKER_URL"] = self.endpoint.as_user(user).url
+        env.pop("RIG_BROKER_KIND", None)
         env["RIG_DIE_WITH_PARENT"] = "1"
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [sys.executable, "-m", "rig", role, "--bench", bench]

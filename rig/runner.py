@@ -91,16 +91,17 @@ def run_suites(cfg: LabConfig, lab_path: Path, suites: str | None = None, keywor
     if lab_is_up(cfg):
         from .broker import endpoint_for
 
-        url = endpoint_for(cfg.broker).url
-        console.print(f"using the lab that is up at {url}")
+        ep = endpoint_for(cfg.broker)
+        # the orchestrator's credentials (the lab's generated store, or lab.yaml's) and TLS, in one URL
+        url = (ep.as_user("orchestrator") if ep.store else ep).url
+        console.print(f"using the lab that is up at {ep}")
         if clock_scale:
             console.print("[yellow]--clock-scale ignored: the running lab keeps its own clock[/yellow]")
     else:
         with console.status("bringing the simulated lab up..."):
             up = LabUp(cfg, port=0, clock_scale=clock_scale, lab_path=str(lab_path),
                        log_dir=run_dir / "logs").start()
-        url = up.endpoint.url
-        os.environ["RIG_BROKER_KIND"] = up.endpoint.kind
+        url = up.endpoint.as_user("orchestrator").url
         console.print(f"lab up: broker {up.endpoint}, clock x{up.clock.scale:g}")
     try:
         code = int(pytest.main(pytest_args(files, run_dir, lab_path, url, store, bench, keyword, extra or [])))
@@ -115,9 +116,29 @@ def run_suites(cfg: LabConfig, lab_path: Path, suites: str | None = None, keywor
     if code != 0:
         explain_failures(run_dir, console)
     console.print(f"{verdict}  results: {run_dir}")
+    explain_deviations(run_dir, console)
     console.print(f"  report: {sealed.report}  run hash: {sealed.manifest_sha256}")
     if sealed.report_error:
         console.print(f"  [yellow]report not written: {sealed.report_error}[/yellow]")
     if sealed.store_error:
         console.print(f"  [yellow]results store not updated: {sealed.store_error}[/yellow]")
     return code
+
+
+def explain_deviations(run_dir: Path, console: Console) -> None:
+    """One red line naming the lab's declared deviations from the requirement values, if any."""
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return
+    devs = [d for d in record.get("deviations") or [] if isinstance(d, dict)]
+    if not devs:
+        return
+
+    def one(d: dict) -> str:
+        units = f" {d['units']}" if d.get("units") else ""
+        req = f"{d['requirement']}: " if d.get("requirement") else ""
+        return f"{d.get('key')} = {d.get('value')}{units} ({req}requirement value {d.get('reference')}{units})"
+
+    console.print(f"  [red]lab deviations from the requirement values:[/red] {escape('; '.join(one(d) for d in devs))}",
+                  highlight=False)

@@ -31,7 +31,8 @@ def broker(request):
             pytest.fail("mosquitto is required here (RIG_REQUIRE_MOSQUITTO=1) but not installed")
         pytest.skip("mosquitto not installed (apt-get install mosquitto)")
     b = Broker.start(BrokerConfig(kind=kind, port=0))
-    yield b.endpoint
+    # the test's own clients log in as admin; an Agent, a World or a Lab picks its role's user
+    yield b.endpoint.as_user("admin", keep_store=True)
     b.stop()
 
 
@@ -39,7 +40,7 @@ def broker(request):
 def amqtt_broker():
     """The embedded broker only (for tests whose subject is not the broker)."""
     b = Broker.start(BrokerConfig(kind="amqtt", port=0))
-    yield b.endpoint
+    yield b.endpoint.as_user("admin", keep_store=True)
     b.stop()
 
 
@@ -180,6 +181,69 @@ def _clear_retained(endpoint) -> None:
         for topic, payload in sorted(snapshot(bus, everything=True).items()):
             if payload is not None:
                 bus.clear_retained(topic)
+
+
+# ----------------------------------------------------------------------------- bus security
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A lab CA, a broker certificate for 127.0.0.1/localhost and a client
+    certificate, made for the test session with `cryptography` (PEM files)."""
+    import datetime
+    import ipaddress
+    from types import SimpleNamespace
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    d = tmp_path_factory.mktemp("pki")
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write_key(key, path):
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        path.chmod(0o600)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("rig test lab CA")).issuer_name(name("rig test lab CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+    def leaf(cn, usage, san=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject).public_key(key.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
+             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert = b.sign(ca_key, hashes.SHA256())
+        (d / f"{cn}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_key(key, d / f"{cn}.key")
+        return d / f"{cn}.pem", d / f"{cn}.key"
+
+    server = leaf("localhost", ExtendedKeyUsageOID.SERVER_AUTH,
+                  [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    client = leaf("rig-client", ExtendedKeyUsageOID.CLIENT_AUTH)
+    return SimpleNamespace(dir=d, ca=d / "ca.pem", server_cert=server[0], server_key=server[1],
+                           client_cert=client[0], client_key=client[1])
+
+
+def require_mosquitto() -> None:
+    if mosquitto_path() is None:
+        if os.environ.get("RIG_REQUIRE_MOSQUITTO") == "1":
+            pytest.fail("mosquitto is required here (RIG_REQUIRE_MOSQUITTO=1) but not installed")
+        pytest.skip("mosquitto not installed (apt-get install mosquitto)")
 
 
 # ----------------------------------------------------------------------------- fuzzing (hypothesis)

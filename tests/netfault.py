@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 
 import paho.mqtt.client as mqtt
@@ -125,51 +126,55 @@ def _close(s: socket.socket) -> None:
 
 class KillableBroker:
     """A broker of either kind as a process of its own on a fixed port, so a
-    test can SIGKILL it and start it again where the clients expect it.
-    (The session ``broker`` fixture's amqtt runs in a thread of the test
-    process, which cannot be killed.)"""
+    test can SIGKILL it and start it again where the clients expect it, with
+    the same credential store.  (The session ``broker`` fixture's amqtt runs
+    in a thread of the test process, which cannot be killed.)  ``endpoint``
+    logs in as the store's admin, as the test fixtures' clients do."""
 
     def __init__(self, kind: str):
-        from rig.broker import free_port
+        import shutil
+        import subprocess
+
+        from rig.broker import Broker, Endpoint, free_port, mosquitto_path
+        from rig.config import BrokerConfig
+        from rig.security import CredentialStore, broker_state_dir, principals
 
         self.kind, self.host, self.port = kind, "127.0.0.1", free_port()
-        self._mosquitto = None
-        self._proc = None
-        self.start()
-
-    @property
-    def endpoint(self):
-        from rig.broker import Endpoint
-
-        return Endpoint(self.host, self.port, self.kind)
+        if kind == "mosquitto":
+            started = Broker.start(BrokerConfig(kind="mosquitto", port=self.port))
+            self._store, self._proc = started.store.path, started.proc
+            started._log.close()
+            self._argv = [mosquitto_path(), "-c", str(self._store / "mosquitto.conf")]
+        else:
+            self._store = CredentialStore.generate(broker_state_dir(self.host, self.port), principals(None)).path
+            code = ("import threading; from rig.broker import AmqttBroker, Endpoint; "
+                    "from rig.security import CredentialStore; "
+                    f"s = CredentialStore.open({str(self._store)!r}); "
+                    f"AmqttBroker(Endpoint({self.host!r}, {self.port}, 'amqtt', store=str(s.path)), s); "
+                    "threading.Event().wait()")
+            self._argv, self._proc = [sys.executable, "-c", code], None
+        self._rmtree, self._popen = shutil.rmtree, subprocess.Popen
+        self.endpoint = Endpoint(self.host, self.port, kind, store=str(self._store)).as_user("admin", keep_store=True)
+        if self._proc is None:
+            self.start()
 
     def start(self) -> None:
         import subprocess
-        import sys
 
-        from rig.broker import MosquittoBroker, _wait_listening
+        from rig.broker import _wait_listening
 
-        if self.kind == "mosquitto":
-            self._mosquitto = MosquittoBroker(self.host, self.port)
-            self._proc = self._mosquitto.proc
-            return
-        code = ("import threading; from rig.broker import AmqttBroker; "
-                f"AmqttBroker({self.host!r}, {self.port}); threading.Event().wait()")
-        self._proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)
-        _wait_listening(self.host, self.port, 20, "amqtt", self._proc)
+        self._proc = self._popen(self._argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_listening(self.host, self.port, 20, self.kind, self._proc)
 
     def kill(self) -> None:
         """SIGKILL: no goodbye to any client, every retained message gone."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait(10)
-        if self._mosquitto is not None:
-            self._mosquitto.stop()       # its temporary directory
-            self._mosquitto = None
 
     def close(self) -> None:
         self.kill()
+        self._rmtree(self._store, ignore_errors=True)
 
     def __enter__(self) -> "KillableBroker":
         return self
@@ -188,6 +193,8 @@ class RawClient:
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         self.c.on_message = self._on_message
         self.c.on_disconnect = lambda *_a: self.disconnected.set()
+        if endpoint.username:
+            self.c.username_pw_set(endpoint.username, endpoint.password())
         self.c.connect(endpoint.host, endpoint.port)
         self.c.loop_start()
 

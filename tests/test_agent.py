@@ -104,7 +104,7 @@ def test_lost_heartbeat_makes_the_bench_safe_within_the_timeout(lab, agent):
     with pytest.raises(CommandError) as info:   # the lease went with the heartbeat
         bench.relay("mains").on()
     assert info.value.code == "not_leased"
-    bench.token = None
+    bench._key = None                       # nothing left to release
 
 
 def test_estop_input_forces_safe_and_latches_until_reset(lab, agent):
@@ -204,7 +204,7 @@ def test_killed_orchestrator_leaves_the_bench_safe_within_the_heartbeat_timeout(
         from rig.broker import Endpoint
         from rig.config import load_lab
         from rig.lab import Lab
-        lab = Lab.open(load_lab({str(LABS / 'minimal.yaml')!r}), endpoint=Endpoint({broker.host!r}, {broker.port}))
+        lab = Lab.open(load_lab({str(LABS / 'minimal.yaml')!r}), endpoint=Endpoint.from_url({broker.url!r}))
         lab.bench("bench-1").relay("mains").on()
         print("ON", flush=True)
         threading.Event().wait()

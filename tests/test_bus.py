@@ -53,6 +53,7 @@ def pair(broker):
 
 def raw_publish(endpoint, topic, payload: bytes):
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="raw", protocol=mqtt.MQTTv311)
+    c.username_pw_set(endpoint.username, endpoint.password())
     c.connect(endpoint.host, endpoint.port)
     c.loop_start()
     c.publish(topic, payload, qos=1).wait_for_publish(5)
@@ -163,7 +164,7 @@ def test_presence_goes_offline_when_the_process_is_killed(broker):
         from rig.broker import Endpoint
         from rig.bus import Bus
         from rig.contract import Node
-        b = Bus(Endpoint({broker.host!r}, {broker.port}), client_id="victim",
+        b = Bus(Endpoint.from_url({broker.url!r}), client_id="victim",
                 presence=Node("bench-t", "device", "victim")).connect()
         print("up", flush=True)
         threading.Event().wait()

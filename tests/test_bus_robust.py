@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 
 import pytest
 from pydantic import BaseModel
@@ -304,10 +305,7 @@ def test_a_reply_lost_with_the_connection_still_reaches_the_caller_and_nothing_r
     clock = LabClock(scale=60)
     node = Node("bench-r", "device", "lossy")
     with TcpProxy((broker.host, broker.port)) as proxy:
-        from rig.broker import Endpoint
-
-        client = Bus(Endpoint(broker.host, proxy.port, broker.kind, keepalive=60), client_id="cli-lossy",
-                     clock=clock).connect()
+        client = Bus(replace(broker, port=proxy.port, keepalive=60), client_id="cli-lossy", clock=clock).connect()
         server = Bus(broker, client_id="srv-lossy", clock=clock).connect()
         calls = []
 

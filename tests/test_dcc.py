@@ -1,4 +1,5 @@
-"""Outage alerts end to end: meter last gasp -> hub on reserve -> head end
+"""Outage alerts end to end: hub last gasp on its reserve -> the WAN
+provider's network -> the network operator's inbox at the head end's sink
 (OUT-1..OUT-6), through the bus, in lab time.  Run at clock scale 300 so
 a 3-minute period takes 0.6 wall seconds; the verdicts are in lab seconds."""
 
@@ -31,7 +32,7 @@ def test_a_short_interruption_is_logged_and_alerted_as_restored_only(device_benc
     t0, t1 = _outage(sim, 60)
     restored = b.dcc.wait_alert("0x8F35", since=t0)
     assert restored["duration"] == pytest.approx(t1 - t0, abs=3)
-    assert restored["recipients"] == ["dno"]
+    assert restored["inbox"] == "dno"
     b.dwell(200)
     assert not b.dcc.fetch_alerts(since=t0, code="AD1")
     log = [e["event"] for e in b.esme.event_log(since=t0) if e["event"].startswith("supply_")]
@@ -45,22 +46,34 @@ def test_an_outage_past_the_period_is_alerted_by_the_wan_side(device_bench):
     t0, t1 = _outage(sim, 240)
     alert = b.dcc.wait_alert("AD1", since=t0)
     assert alert["received"] - t0 == pytest.approx(180, abs=5)
-    assert alert["recipients"] == ["dno"] and alert["device"] == "esme"
+    assert alert["inbox"] == "dno" and alert["device"] == "comms_hub" and alert["source"] == "wan_provider"
     # the hub's reserve (120 s) ran out before the alert was due: it came from the WAN side
     assert b.comms_hub.events("power")[-2]["state"] == "off"
     b.dcc.wait_alert("0x8F36", since=t1)
 
 
 @pytest.mark.requirement("OUT-2")
-def test_fault_early_outage_alert_is_caught(device_bench):
-    sim = device_bench(scale=SCALE, faults={"esme": ["early_outage_alert"]})
-    t0, _ = _outage(sim, 100)
+@pytest.mark.parametrize("fault,due", [("outage_alert_early", 165.0), ("outage_alert_late", 220.0)])
+def test_faults_that_move_the_outage_alert_are_caught(device_bench, fault, due):
+    sim = device_bench(scale=SCALE, faults={"comms_hub": [fault]})
+    t0, _ = _outage(sim, 240)
     alert = sim.bench.dcc.wait_alert("AD1", since=t0)
-    assert alert["received"] - t0 < 100                      # an alert for an outage shorter than 3 minutes
+    assert alert["received"] - t0 == pytest.approx(due, abs=5)
+
+
+@pytest.mark.requirement("OUT-2")
+def test_the_outage_alert_period_is_the_hubs_not_the_meters(device_bench):
+    """The meter's own outage period picks its restoration code; it does not
+    move the WAN's outage alert."""
+    sim = device_bench(scale=SCALE, settings={"esme": {"outage_alert_period": 100.0}})
+    t0, t1 = _outage(sim, 150)
+    sim.bench.dwell(60)
+    assert not sim.bench.dcc.fetch_alerts(since=t0, code="AD1")
+    sim.bench.dcc.wait_alert("0x8F36", since=t1)          # 150 s >= the meter's own 100 s
 
 
 @pytest.mark.requirement("OUT-2", "OUT-5")
-@pytest.mark.parametrize("device,fault", [("esme", "no_outage_alert"), ("comms_hub", "no_reserve"),
+@pytest.mark.parametrize("device,fault", [("comms_hub", "no_outage_alert"), ("comms_hub", "no_reserve"),
                                           ("comms_hub", "drops_outage_alerts")])
 def test_faults_that_lose_the_outage_alert_are_caught(device_bench, device, fault):
     sim = device_bench(scale=SCALE, faults={device: [fault]})
@@ -116,7 +129,7 @@ def test_voltage_sag_and_swell_reach_the_network_operator(device_bench):
     t0 = b.clock.now()
     sim.physics.set_source(voltage=200.0)
     sag = b.dcc.wait_alert("0x802C", since=t0)
-    assert sag["recipients"] == ["dno"] and sag["voltage"] == pytest.approx(200.0)
+    assert sag["inbox"] == "dno" and sag["voltage"] == pytest.approx(200.0)
     sim.physics.set_source(voltage=260.0)
     b.dcc.wait_alert("0x8099", since=t0)
     b.dcc.wait_alert("0x8024", since=t0)
@@ -139,7 +152,7 @@ def test_alerts_carry_raise_and_arrival_times(device_bench):
     b.dcc.disable()
     b.dcc.arm()
     armed = b.dcc.wait_alert("0x8F32", since=t0)
-    assert armed["name"] == "Supply Armed" and armed["recipients"] == ["supplier"]
+    assert armed["name"] == "Supply Armed" and armed["inbox"] == "supplier"
     assert t0 <= armed["raised"] <= armed["received"] <= b.clock.now()
     assert any(a["code"] == "0x8F32" for a in b.dcc.alerts)
     assert b.dcc.events("alert", since=t0)

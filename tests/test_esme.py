@@ -61,19 +61,29 @@ def test_disable_arm_then_only_a_local_action_closes(device_bench):
     b.dcc.wait_alert("0x8154", since=t0)
 
 
-def test_remote_enable_of_a_disabled_supply_follows_the_lab_policy(device_bench):
+@pytest.mark.requirement("SUP-1")
+def test_a_remote_enable_of_a_disabled_supply_arms_it_at_most(device_bench):
     sim = device_bench()
     sim.bench.dcc.disable()
-    assert sim.bench.dcc.enable()["supply"] == "enabled"
-    assert sim.physics.contactor
+    assert sim.bench.dcc.enable()["supply"] == "armed"     # a person must still enable it locally
+    assert not sim.physics.contactor
 
 
-def test_policy_never_refuses_remote_enable(device_bench):
-    sim = device_bench(settings={"esme": {"remote_enable": "never"}})
+def test_a_meter_declared_to_refuse_remote_enable_refuses_it(device_bench):
+    sim = device_bench(settings={"esme": {"remote_enable": "refused"}})
     sim.bench.dcc.disable()
-    with pytest.raises(CommandError, match="policy"):
+    with pytest.raises(CommandError, match="refuses a remote enable"):
         sim.bench.dcc.enable()
     assert not sim.physics.contactor
+
+
+@pytest.mark.safety
+def test_a_meter_declared_to_close_on_remote_enable_does_so(device_bench):
+    """The declaration `remote_enable: closes` makes the twin what the lab says
+    its meters are (the safety suite then reports the deviation)."""
+    sim = device_bench(settings={"esme": {"remote_enable": "closes"}})
+    sim.bench.dcc.disable()
+    assert sim.bench.dcc.enable()["supply"] == "enabled" and sim.physics.contactor
 
 
 @pytest.mark.safety
@@ -118,17 +128,22 @@ def test_fault_skips_arm_is_caught(device_bench):
 # ----------------------------------------------------------------------------- SUP-6
 @pytest.mark.requirement("SUP-6")
 def test_one_party_cannot_lift_anothers_disablement(device_bench):
+    """Seed 002:1903-1905: the supplier disabled for debt, the network operator
+    for the network; the operator lifting its own leaves the supplier's."""
     sim = device_bench()
     b = sim.bench
     b.dcc.disable(role="supplier")
     b.dcc.disable(role="dno")
-    with pytest.raises(CommandError) as exc:
-        b.dcc.arm(role="supplier")
-    assert exc.value.error.requirement == "SUP-6" and "dno" in exc.value.reason
-    assert b.esme.wait_state(lambda s: s["disabled_by"] == ["dno"])["supply"] == "disabled"
-    assert b.dcc.arm(role="dno")["supply"] == "armed"
-    sequence = [e["event"] for e in b.esme.event_log() if e["event"].startswith(("supply", "remote_arm"))]
-    assert sequence == ["supply_disabled", "supply_disable", "remote_arm_refused", "supply_armed"]
+    assert b.dcc.arm(role="dno")["supply"] == "disabled"                 # the dno's lifted, the supplier's kept
+    assert b.esme.wait_state(lambda s: s["disabled_by"] == ["supplier"])["supply"] == "disabled"
+    with pytest.raises(CommandError) as exc:                               # the dno holds nothing now
+        b.dcc.enable(role="dno")
+    assert exc.value.error.requirement == "SUP-6" and b.esme.state["disabled_by"] == ["supplier"]
+    assert b.dcc.arm(role="supplier")["supply"] == "armed"
+    sequence = [e["event"] for e in b.esme.event_log()
+                if e["event"].startswith(("supply", "remote_enable", "remote_arm", "disablement"))]
+    assert sequence == ["supply_disabled", "supply_disable", "disablement_lifted", "remote_enable_refused",
+                        "supply_armed"]
 
 
 @pytest.mark.safety
@@ -136,6 +151,14 @@ def test_fault_dno_overridden_by_supplier_is_caught(device_bench):
     sim = device_bench(faults={"esme": ["dno_overridden_by_supplier"]})
     sim.bench.dcc.disable(role="dno")
     assert sim.bench.dcc.arm(role="supplier")["supply"] == "armed"
+
+
+@pytest.mark.safety
+def test_fault_supplier_overridden_by_dno_is_caught(device_bench):
+    sim = device_bench(faults={"esme": ["supplier_overridden_by_dno"]})
+    sim.bench.dcc.disable(role="supplier")
+    sim.bench.dcc.disable(role="dno")
+    assert sim.bench.dcc.arm(role="dno")["supply"] == "armed"     # the supplier's debt disablement went with it
 
 
 # ----------------------------------------------------------------------------- SUP-10, SEC
@@ -199,31 +222,90 @@ def _replay_enable(b):
                      {"src": "ppmid", "dst": "esme", "cluster": 0x0705, "command": 0x01})
 
 
+def _refused_enable_then_armed(b) -> None:
+    """A genuine PPMID enable the meter refuses (not armed: its frame counter is
+    spent), then the supplier arms."""
+    b.dcc.disable()
+    assert not b.ppmid.enable()["accepted"]
+    b.dcc.arm()
+    b.esme.wait_supply("armed")
+
+
 @pytest.mark.safety
-def test_a_replayed_ppmid_enable_is_not_carried_out(device_bench):
+def test_a_replayed_ppmid_enable_is_dropped_unanswered(device_bench):
     sim = device_bench()
     b = sim.bench
-    _armed(b)
-    assert b.ppmid.enable()["accepted"]
-    _armed(b)
+    _refused_enable_then_armed(b)
     t0 = b.clock.now()
-    _replay_enable(b)
+    assert b.han_tap.replay("ppmid", "esme", cluster=0x0705, command=0x01)["replayed"]
     with pytest.raises(TimeoutError):
-        b.esme.wait_supply("enabled", timeout=20)
+        b.esme.wait_supply("enabled", timeout=10)
     assert not sim.physics.contactor
     assert not b.esme.event_log(since=t0, event="ppmid_enable")
+    assert not [f for f in b.han_tap.journal(since=t0, src="esme", dst="ppmid", cluster=0x0705)
+                if f["to_client"] and not f["general"]]
 
 
 @pytest.mark.safety
 def test_fault_accepts_replayed_ppmid_is_caught(device_bench):
     sim = device_bench(faults={"esme": ["accepts_replayed_ppmid"]})
     b = sim.bench
+    _refused_enable_then_armed(b)
+    t0 = b.clock.now()
+    b.han_tap.replay("ppmid", "esme", cluster=0x0705, command=0x01)
+    answered = b.han_tap.journal(since=t0, src="esme", dst="ppmid", cluster=0x0705)
+    b.esme.wait_event("log", lambda e: e.get("event") == "ppmid_enable" and e.get("replayed"), 10, since=t0)
+    assert answered or b.han_tap.journal(since=t0, src="esme", dst="ppmid", cluster=0x0705)
+
+
+@pytest.mark.safety
+def test_fault_replay_window_resets_on_reboot_is_caught(device_bench):
+    sim = device_bench(faults={"esme": ["replay_window_resets_on_reboot"]})
+    b = sim.bench
+    b.dcc.disable()
+    assert not b.ppmid.enable()["accepted"]
+    b.han_tap.delay("ppmid", "esme", 10.0)             # keep the PPMID quiet: the replay is the first it hears
+    sim.physics.set_mains_relay(False)                 # the meter reboots, its counters in RAM gone
+    b.esme.wait_state(lambda s: not s["powered"], 10)
+    sim.physics.set_mains_relay(True)
+    b.esme.wait_state(lambda s: s["powered"], 10)
+    t0 = b.clock.now()
+    b.han_tap.replay("ppmid", "esme", cluster=0x0705, command=0x01)
+    b.esme.wait_event("log", lambda e: e.get("event") == "ppmid_enable" and e.get("replayed"), 10, since=t0)
+
+
+@pytest.mark.safety
+@pytest.mark.parametrize("faults,closes", [({}, False), ({"esme": ["accepts_forged_frames"]}, True)])
+def test_a_forged_ppmid_enable_is_dropped_and_the_fault_that_accepts_it_is_caught(device_bench, faults, closes):
+    sim = device_bench(faults=faults)
+    b = sim.bench
+    _refused_enable_then_armed(b)
+    out = b.han_tap.forge("ppmid", "esme", cluster=0x0705, command=0x01)
+    assert out["forged"]
+    if closes:
+        b.esme.wait_supply("enabled", timeout=10)
+    else:
+        with pytest.raises(TimeoutError):
+            b.esme.wait_supply("enabled", timeout=10)
+    assert sim.physics.contactor is closes
+
+
+@pytest.mark.safety
+@pytest.mark.parametrize("faults,closes", [({}, False), ({"esme": ["long_freshness_window"]}, True)])
+def test_a_ppmid_enable_held_back_by_the_tap_arrives_late_and_stale(device_bench, faults, closes):
+    """The tap's delay: the PPMID's enable reaches the meter 8 lab s late; the
+    healthy meter refuses it as stale, the 30 s window fault carries it out."""
+    sim = device_bench(faults=faults)
+    b = sim.bench
     _armed(b)
-    assert b.ppmid.enable()["accepted"]
-    _armed(b)
-    _replay_enable(b)
-    b.esme.wait_supply("enabled", timeout=20)
-    assert sim.physics.contactor
+    t0 = b.clock.now()
+    b.han_tap.delay("ppmid", "esme", 8.0, cluster=0x0705, command=0x01)
+    out = b.ppmid.enable()
+    frames = b.han_tap.journal(since=t0, src="ppmid", cluster=0x0705)
+    held = [f for f in frames if f["injected"] == "held"]
+    late = [f for f in frames if f["injected"] == "delayed"]
+    assert held and late and late[0]["ts"] - held[0]["ts"] == pytest.approx(8.0, abs=0.5)
+    assert bool(out["accepted"]) is closes and sim.physics.contactor is closes
 
 
 def _press_during_outage_then_restore(sim, wait: float) -> dict:

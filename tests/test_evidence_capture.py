@@ -31,7 +31,7 @@ def own_broker():
     from rig.config import BrokerConfig
 
     with Broker.start(BrokerConfig(kind="amqtt", port=0)) as endpoint:
-        yield endpoint
+        yield endpoint.as_user("admin", keep_store=True)
 
 
 def test_capture_writes_every_message_with_lab_and_wall_time(own_broker, tmp_path):
@@ -69,7 +69,6 @@ def test_identities_come_from_retained_state_and_presence():
 
 SUITE = '''
 import os
-from urllib.parse import urlparse
 
 from rig.broker import Endpoint
 from rig.bus import Bus
@@ -79,8 +78,7 @@ from rig.lab import adopt_clock
 
 
 def test_lab_traffic(step, measure):
-    u = urlparse(os.environ["EVIDENCE_BROKER"])
-    with Bus(Endpoint(u.hostname, u.port, "amqtt")) as bus:
+    with Bus(Endpoint.from_url(os.environ["EVIDENCE_BROKER"])) as bus:
         bus.clock = LabClock(anchor=adopt_clock(bus))  # as every part of a lab does
         mains, esme = Node("bench-ev", "relay", "mains"), Node("bench-ev", "device", "esme")
         watch = bus.watch("rig/v1/bench-ev/dcc/dcc/event/#")
@@ -123,7 +121,7 @@ def test_run_with_a_broker_records_identities_clock_and_traffic(amqtt_broker, tm
         lab.publish_clock()
         lab.publish(analyser.state, {"identity": IDN, "address": "TCPIP::127.0.0.1::5025::SOCKET"}, retain=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RIG_")}
-        env.update(EVIDENCE_BROKER=amqtt_broker.url, RIG_BROKER_KIND="amqtt")
+        env.update(EVIDENCE_BROKER=amqtt_broker.url)
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "test_lab.py", "-c", "pytest.ini", "--rootdir", str(tmp_path), "-q",
              "-p", "no:cacheprovider", "-p", "fixtures.evidence", "--lab", "lab.yaml",

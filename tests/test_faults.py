@@ -17,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def relay_node(name: str = "mains") -> Node:
 
 def spawn_agent(endpoint: Endpoint, clock: LabClock, lab_file: Path) -> subprocess.Popen:
     """`rig agent` as a process of its own, on the given clock."""
-    env = dict(os.environ, RIG_BROKER_URL=endpoint.url, RIG_BROKER_KIND=endpoint.kind, **clock.env())
+    env = dict(os.environ, RIG_BROKER_URL=endpoint.url, **clock.env())
     return subprocess.Popen([sys.executable, "-m", "rig", "agent", "--bench", "bench-1", "--lab", str(lab_file)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -178,7 +179,7 @@ def test_a_partition_between_agent_and_broker_leaves_the_bench_safe(broker, inst
     try:
         with World(instruments_lab, "bench-1", broker, clock) as world, \
                 TcpProxy((broker.host, broker.port)) as proxy:
-            via = Endpoint(broker.host, proxy.port, broker.kind)
+            via = replace(broker, port=proxy.port)
             with Agent(instruments_lab, "bench-1", via, clock) as agent:
                 lab = Lab.open(instruments_lab, endpoint=broker)
                 bench = lab.bench("bench-1")
@@ -339,7 +340,7 @@ def test_a_watchdog_that_raises_is_logged_and_restarted(broker, minimal_lab, cap
                 assert clock.wait_for(lambda: not agent.relays["mains"].is_on,
                                       clock.lab_seconds(agent.heartbeat_timeout + JITTER)), \
                     f"attempt {attempt}: the watchdog did not make the bench safe"
-                bench.token = None
+                bench._key = None              # nothing left to release
             assert failures and "watch_heartbeat failed" in caplog.text
         finally:
             lab.close()

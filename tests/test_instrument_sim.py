@@ -94,17 +94,16 @@ def test_relay_from_the_agent_reaches_the_analyser(sim_bench, analyser):
     physics.set_source(output=True)
     physics.set_contactor(True)
     agent = sim_bench.agent
-    with Bus(sim_bench.endpoint, clock=sim_bench.clock) as bus:
-        token = bus.request(agent.node, "lease.acquire", {"holder": "test"})["token"]
-        bus.request(agent.node.__class__("bench-1", "relay", "mains"), "set", {"state": "on"}, lease=token)
+    from rig.lab import Bench, Lab
+
+    with Lab(sim_bench.cfg, Bus(sim_bench.endpoint.for_role("orchestrator"), clock=sim_bench.clock).connect(),
+             sim_bench.clock) as lab:
+        bench = Bench(lab, "bench-1")        # leased: the command below proves the lease
+        bench.request(agent.node.__class__("bench-1", "relay", "mains"), "set", {"state": "on"})
         assert sim_bench.clock.wait_for(lambda: physics.mains_relay, timeout=120)
         assert analyser.read().voltage == 230.0
-        # the relay's minimum switching interval (LAB-2) is lab time: at clock scale 60
-        # one lab second is 17 wall ms, which a quick machine does not spend in between
-        relay = agent.relays["mains"]
-        assert sim_bench.clock.wait_for(lambda: sim_bench.clock.now() >= relay.last_change + relay.cfg.min_interval,
-                                        timeout=600)
-        bus.request(agent.node.__class__("bench-1", "relay", "mains"), "set", {"state": "off"})
+        bench.relay("mains").wait_switchable()      # LAB-2: 1 lab s is 17 wall ms at scale 60
+        lab.bus.request(agent.node.__class__("bench-1", "relay", "mains"), "set", {"state": "off"})
         assert sim_bench.clock.wait_for(lambda: not physics.mains_relay, timeout=120)
         assert analyser.read().voltage == 0.0
 

@@ -33,7 +33,9 @@ from ..bus import Bus
 from ..clock import ClockAnchor, LabClock
 from ..contract import ROOT
 
-#: everything under the contract's root, the lab clock and replies included
+#: everything under the contract's root that the capture's user may read: as
+#: the orchestrator, every node topic and the lab clock, but not other clients'
+#: replies (the broker's ACL); no secret is on the bus to capture
 CAPTURE_FILTER = f"{ROOT}/#"
 
 

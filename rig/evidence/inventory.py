@@ -55,6 +55,18 @@ def software() -> dict[str, Any]:
             "platform": platform.platform(), "git": git, "packages": packages}
 
 
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+
+
+def suites_section(suites_dir: Path = SUITES_DIR) -> dict[str, Any]:
+    """The SHA-256 of each of the rig's suite files (``rig/suites/*.py``) and
+    of them all: a self-test vouches for the suites it ran, and the safety
+    pack compares these with a nightly run's to tell whether it still does."""
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(suites_dir).glob("*.py"))}
+    total = hashlib.sha256("".join(f"{h}  {n}\n" for n, h in files.items()).encode()).hexdigest()
+    return {"files": files, "sha256": total}
+
+
 def lab_section(lab_path: str | Path | None, cfg: Any | None, error: str | None = None) -> dict[str, Any]:
     """The lab file as used: its text, its hash, the resolved model."""
     text = None

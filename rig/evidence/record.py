@@ -20,7 +20,10 @@ Top-level shape (``schema: rig.run/1``; docs/evidence.md has every field)::
      "software": {"rig", "python", "platform", "git", "packages"},
      "hardware": {"instruments": {...}, "devices": {...}},
      "files": {"junit", "bus_capture", "journal", "logs", "lab"},
-     "tests": [...], "summary": {...}, "selftest": [...]}
+     "tests": [...], "summary": {...}, "selftest": [...],
+     "kind": "run" | "selftest", "suites": {"files": {name: sha256}, "sha256"},
+     "deviations": [{"key", "requirement", "reference", "value", "units", "reason"}],
+     "selftest_run": {...}}                        # a `rig selftest` run only: what it ran
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def empty_record(run_id: str) -> dict[str, Any]:
         "lab": None, "bench": None, "clock": None, "software": None,
         "hardware": {"instruments": {}, "devices": {}},
         "files": {}, "tests": [], "summary": summarise([]), "selftest": [],
+        "kind": "run", "suites": None, "deviations": [],
     }
 
 
@@ -143,6 +147,11 @@ def apply(rec: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
             rec["tests"][i].update(final)
         else:
             rec["tests"].append({"steps": [], "measurements": [], "selftests": [], **final})
+    elif ev == "deviations":
+        rec["deviations"] = list(event.get("deviations") or [])
+    elif ev == "selftest.run":
+        rec["kind"] = "selftest"
+        rec["selftest_run"] = {**(rec.get("selftest_run") or {}), **(event.get("selftest_run") or {})}
     elif ev == "run.end":
         rec.update({"complete": bool(event.get("complete", True)), "status": event["status"],
                     "exit_code": event.get("exit_code"), "finished": event.get("finished")})

@@ -12,6 +12,12 @@ runs checks (a self-test runner, a rig script) can too::
     rec.test_finished({"nodeid": "check_a", "verdict": "passed", **ev.entries()})
     rec.finish(status="passed", exit_code=0)
     seal_run(run_dir)                             # report, manifest, store (rig.evidence.seal)
+
+A lab that departs from a requirement value declares it, and the report and
+the safety pack show it in red::
+
+    rec.set_deviations([{"key": "outage_alert_period", "requirement": "OUT-2", "reference": 180.0,
+                         "value": 170.0, "units": "s", "reason": "meter firmware 1.2 fixed at 170 s"}])
 """
 
 from __future__ import annotations
@@ -27,12 +33,16 @@ from typing import Any
 
 from ..clock import ENV_VAR, LabClock
 from . import CAPTURE_FILE, JOURNAL_FILE, JUNIT_FILE, LAB_FILE, LOG_DIR, RECORD_FILE
-from .inventory import configured_hardware, from_bus, lab_section, software
+from .inventory import configured_hardware, from_bus, lab_section, software, suites_section
 from .measurement import TestEvidence
 from .record import RecordWriter, clean
 from .store import redact
 
 log = logging.getLogger(__name__)
+
+#: the fields of a deviation (``set_deviations``): required, then optional
+DEVIATION_REQUIRED = ("key", "reference", "value")
+DEVIATION_OPTIONAL = ("requirement", "units", "reason")
 
 #: pytest exit codes -> run status
 STATUS = {0: "passed", 1: "failed", 2: "interrupted", 3: "internal_error", 4: "usage_error", 5: "no_tests"}
@@ -116,6 +126,7 @@ class RunRecorder:
             "files": {"journal": JOURNAL_FILE, "junit": self._junit_path(), "lab": LAB_FILE if self.lab_path else None,
                       "logs": LOG_DIR, "bus_capture": None},
         }
+        run["suites"] = suites_section()  # the self-test of these suites vouches for this run's checks
         self.writer.emit({"ev": "run.start", "run": run}, snapshot=True)
         self._open_store()
         return self
@@ -158,6 +169,37 @@ class RunRecorder:
             # the run goes on; `rig history` imports the folder later
             self.store, self.store_error = None, str(exc)
             log.warning("results store unavailable, the run folder still has everything: %s", exc)
+
+    # ------------------------------------------------------------------ declarations
+    def set_deviations(self, deviations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Declare the lab's deviations from the requirement values (replacing
+        any declared before): a list of ``{"key", "reference", "value"}`` and
+        optionally ``"requirement"``, ``"units"``, ``"reason"``, e.g.
+        ``{"key": "outage_alert_period", "requirement": "OUT-2", "reference":
+        180.0, "value": 170.0, "units": "s", "reason": "..."}``.  Kept as the
+        record's top-level ``deviations``; the report and the safety pack show
+        them in red.  Bad input raises ValueError naming the entry and field."""
+        if not isinstance(deviations, (list, tuple)):
+            raise ValueError(f"deviations: expected a list of dicts, got {type(deviations).__name__}")
+        clean_list = []
+        for i, d in enumerate(deviations):
+            if not isinstance(d, dict):
+                raise ValueError(f"deviations[{i}]: expected a dict with {', '.join(DEVIATION_REQUIRED)}, "
+                                 f"got {type(d).__name__}")
+            missing = [k for k in DEVIATION_REQUIRED if d.get(k) is None]
+            if missing:
+                raise ValueError(f"deviations[{i}] ({d.get('key', 'no key')}): missing {', '.join(missing)}; "
+                                 f"a deviation needs {', '.join(DEVIATION_REQUIRED)} "
+                                 f"(and may give {', '.join(DEVIATION_OPTIONAL)})")
+            clean_list.append({**{k: d.get(k) for k in DEVIATION_REQUIRED + DEVIATION_OPTIONAL}, **d})
+        self.writer.emit({"ev": "deviations", "deviations": clean_list}, snapshot=True)
+        return clean_list
+
+    def set_selftest(self, info: dict[str, Any]) -> None:
+        """For ``rig selftest``: what the self-test ran (faults, trials,
+        partial, coverage, labs), merged into the record's ``selftest_run``;
+        the record's ``kind`` becomes ``"selftest"``."""
+        self.writer.emit({"ev": "selftest.run", "selftest_run": dict(info)}, snapshot=True)
 
     # ------------------------------------------------------------------ the bus
     def attach_bus(self, endpoint) -> None:

@@ -109,6 +109,51 @@ def traceability(rec: dict[str, Any], catalogue: Catalogue) -> list[dict[str, An
     return rows
 
 
+def _base(check: str) -> str:
+    """A check's id without its module and parameters: ``test_x`` of ``test_safety.py::test_x[armed]``."""
+    return check.split("::")[-1].split("[")[0]
+
+
+def detections(selftests: list[dict[str, Any]], tests: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Per check, from self-check entries: the healthy verdict, the faults it
+    was shown to detect (it failed against them, as it must), the faults it
+    was not (it passed against them), and the faults it names (a self-test
+    record's ``detects``) that were never run against it."""
+    rows: dict[str, dict[str, Any]] = {}
+    named: dict[str, list[str]] = {}
+    for t in tests or []:
+        if t.get("detects") is not None:
+            named[t.get("name") or _base(t["nodeid"])] = list(t["detects"])
+    for s in selftests:
+        check = s.get("check") or "?"
+        row = rows.setdefault(check, {"check": check, "healthy": None, "shown": [], "not_shown": [],
+                                      "requirements": [], "properties": []})
+        for r in s.get("requirements") or []:
+            if r not in row["requirements"]:
+                row["requirements"].append(r)
+        if s.get("property") is not None and s["property"] not in row["properties"]:
+            row["properties"].append(s["property"])
+        fault = s.get("fault")
+        if fault is None:
+            if row["healthy"] != "failed":
+                row["healthy"] = s.get("verdict")
+        elif s.get("ok") and s.get("verdict") == "failed":
+            if fault not in row["shown"]:
+                row["shown"].append(fault)
+        elif fault not in row["not_shown"]:
+            row["not_shown"].append(fault)
+    for check, faults in named.items():
+        rows.setdefault(check, {"check": check, "healthy": None, "shown": [], "not_shown": [],
+                                "requirements": [], "properties": []})
+    for check, row in rows.items():
+        seen = set(row["shown"]) | set(row["not_shown"])
+        row["named"] = named.get(check)
+        row["not_run"] = [f for f in named.get(check) or [] if f not in seen]
+        row["ok"] = (row["healthy"] == "passed" and bool(row["shown"]) and not row["not_shown"]
+                     and not row["not_run"])
+    return sorted(rows.values(), key=lambda r: (r["ok"], r["check"]))
+
+
 def build_timelines(run_dir: Path, rec: dict[str, Any], tests: list[dict[str, Any]]) -> dict[str, str]:
     """{nodeid: inline SVG} for failed tests and up to MAX_PASSING_TIMELINES others."""
     from .capture import read_capture
@@ -160,6 +205,8 @@ def context(run_dir: Path, rec: dict[str, Any], catalogue: Catalogue | None = No
         "timelines": build_timelines(run_dir, rec, tests),
         "files": files, "bus_messages": capture_count(run_dir, rec),
         "catalogue": catalogue, "escape": html.escape,
+        "detections": detections(rec.get("selftest") or [], rec.get("tests")),
+        "deviations": rec.get("deviations") or [],
     }
 
 

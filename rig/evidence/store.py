@@ -251,6 +251,18 @@ class ResultsStore:
             r["state"] = run_state(r)
         return rows
 
+    def selftest_runs(self, lab: str | None, last: int = 50) -> list[dict[str, Any]]:
+        """Complete runs (newest first) that hold ``rig selftest`` results
+        (tests ``selftest::...``), of ``lab`` when given: id, run_dir, started_wall."""
+        sql = ("SELECT id, run_dir, started_wall FROM runs WHERE complete = 1"
+               + (" AND lab = ?" if lab else "")
+               + " AND id IN (SELECT run_id FROM test_results WHERE nodeid LIKE ?)"
+               " ORDER BY started_wall DESC, id DESC LIMIT ?")
+        params = ((lab,) if lab else ()) + ("selftest::%", last)
+        cur = self._exec(sql, params)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
     def test_trends(self, last: int = 20, lab: str | None = None, test: str | None = None) -> list[TestTrend]:
         """Per-test verdicts and durations over the last ``last`` runs, oldest
         first, with flaky tests flagged: passed and failed on the same

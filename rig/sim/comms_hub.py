@@ -1,20 +1,25 @@
 """The simulated communications hub: HAN coordinator and WAN gateway.
 
-* **Power (OUT-5).**  With ``wiring.hub_feed: unmetered`` the hub is fed from
-  the line side, before the meter's contactor: it loses power with mains and
-  runs on its reserve for ``settings.reserve_seconds`` (long enough to pass
-  a meter's last gasp to the WAN), then goes dark until mains returns.  With
-  ``separate`` it never loses power.  Fault ``no_reserve``: dark at once.
+* **Power and outage reporting (OUT-2, OUT-5).**  With ``wiring.hub_feed:
+  unmetered`` the hub is fed from the line side, before the meter's
+  contactor: it loses power with mains, sends its last gasp up the WAN on
+  its reserve (``settings.reserve_seconds``), then goes dark until mains
+  returns, when it tells the WAN so.  The WAN provider's network
+  (:mod:`rig.sim.wan`) raises the outage alert AD1 if the hub is not back
+  within ``settings.outage_alert_period``.  With ``separate`` it never loses
+  power.  Faults: ``no_reserve`` (dark at once: no last gasp),
+  ``no_outage_alert`` (no last gasp), ``outage_alert_early`` /
+  ``outage_alert_late`` (the network's period 15 s short / 40 s long).
 * **HAN coordinator (HAN-2).**  Devices join it and poll it; frames between
   devices are routed through it.  Writes and function calls addressed to
   the hub from HAN devices are refused (HAN-6).
 * **Gas mirror (HAN-7).**  The battery gas meter pushes its registers every
   ``settings.gas_mirror_period``; the hub answers reads of the gas meter
   from the mirror so the GSME can sleep.
-* **WAN.**  Alerts from devices go to the head end (:mod:`rig.sim.dcc`)
-  with :data:`WAN_LATENCY`; remote commands from the head end are tunnelled
-  to their device and the answer returned.  Fault ``drops_outage_alerts``:
-  outage and restoration alerts are not forwarded.
+* **WAN.**  Alerts from devices go up the WAN (:mod:`rig.sim.wan`) to the
+  DCC; remote commands from the head end are tunnelled to their device and
+  the answer returned.  Fault ``drops_outage_alerts``: no last gasp, and the
+  meter's restoration alerts are not forwarded.
 * **Link test (HAN-3, HAN-4).**  Bus op ``link_test`` (``{"peer": "ppmid",
   "band": "868MHz", "frames": 50}``): the hub sends that many test frames
   (a Metering Read Attributes request) to the device on that band, one
@@ -26,29 +31,42 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ..alerts import RESTORATION_ALERTS, AlertCode
 from ..bus import CommandContext, Refused
 from . import zcl
-from .devices import Twin, reject
+from .devices import FaultFlags, Twin, reject
 from .han import HanFrame, HanRadio
 
 if TYPE_CHECKING:
-    from .dcc import HeadEnd
+    from .wan import Wan
 
 log = logging.getLogger(__name__)
 
-#: one-way WAN delay, lab seconds (cellular/long-range radio to the head end)
-WAN_LATENCY = 0.5
 #: lab seconds the hub waits for a device to answer a tunnelled command
 HAN_RESPONSE_TIMEOUT = 20.0
-OUTAGE_ALERTS = {0x8F57, 0x8F35, 0x8F36}
+OUTAGE_ALERTS = {AlertCode.SUPPLY_INTERRUPTED, *RESTORATION_ALERTS}
+#: outage_alert_early / outage_alert_late: how far the faulty network's period is off, lab seconds
+EARLY_BY, LATE_BY = 15.0, 40.0
 #: most test frames one link test may send
 LINK_TEST_MAX_FRAMES = 1000
 #: lab seconds a link test may take per frame (a frame takes a few lab ms)
 LINK_TEST_SECONDS_PER_FRAME = 0.5
+
+
+@dataclass(frozen=True)
+class Quirks(FaultFlags):
+    """The hub's fault profiles, read once from lab.yaml."""
+
+    drops_outage_alerts: bool = False
+    no_reserve: bool = False
+    no_outage_alert: bool = False
+    outage_alert_early: bool = False
+    outage_alert_late: bool = False
 
 
 class LinkTestArgs(BaseModel):
@@ -64,6 +82,7 @@ class CommsHub(Twin):
     def __init__(self, world, han, name, cfg):
         super().__init__(world, han, name, cfg)
         self.s = cfg.settings
+        self.quirks = Quirks.of(self.faults)
         self.physics = world.physics
         self.unmetered = world.cfg.wiring.hub_feed == "unmetered"
         mains = self.physics.supply_present() if self.unmetered else True
@@ -71,7 +90,7 @@ class CommsHub(Twin):
         self.power = "mains" if mains else "off"
         self.reserve_until: float | None = None
         self._reserve_handle = None
-        self.wan: "HeadEnd | None" = None
+        self.wan: "Wan | None" = None
         self.mirror: dict[str, dict[str, Any]] = {}
         self.forwarded = 0
         self.alerts_forwarded = 0
@@ -95,30 +114,43 @@ class CommsHub(Twin):
         if self.unmetered:
             self.physics.listen(self._on_physics)
 
+    def outage_alert_period(self) -> float:
+        """The WAN provider's outage period for this hub's premises, lab seconds."""
+        period = float(self.s.outage_alert_period)
+        if self.quirks.outage_alert_early:
+            return period - EARLY_BY
+        return period + LATE_BY if self.quirks.outage_alert_late else period
+
     def _on_physics(self, _what: set[str]) -> None:
         present = self.physics.supply_present()
         with self.lock:
             if present == self.mains:
                 return
             self.mains = present
+            now = self.physics.event_time()
             if not present:
-                if "no_reserve" in self.faults or self.s.reserve_seconds <= 0:
+                if self.quirks.no_reserve or self.s.reserve_seconds <= 0:
                     self._go_dark("mains lost, no reserve")
                 else:
                     self.power = "reserve"
-                    self.reserve_until = self.clock.now() + self.s.reserve_seconds
+                    self.reserve_until = now + self.s.reserve_seconds
                     self._reserve_handle = self.loop.call_later(self.s.reserve_seconds, self._reserve_empty)
                     self.event("power", state="reserve", until=self.reserve_until)
+                    if self.wan is not None and not (self.quirks.no_outage_alert or self.quirks.drops_outage_alerts):
+                        self.wan.hub_lost_power(self.name, now, self.outage_alert_period(), self._premises())
             else:
                 if self._reserve_handle is not None:
                     self._reserve_handle.cancel()
                 was = self.power
                 self.power, self.reserve_until = "mains", None
                 self.event("power", state="mains", previous=was)
-                if was == "off" and self.wan is not None:
-                    restored = self.clock.now()
-                    self.loop.call_later(WAN_LATENCY, self.wan.hub_power_restored, self.name, restored)
+                if self.wan is not None:
+                    self.wan.hub_power_restored(self.name, now)
         self.publish()
+
+    def _premises(self) -> list[str]:
+        return sorted({getattr(d.settings, "premises_id", "") for d in self.world.cfg.devices.values()
+                       if d.kind == "esme"} - {""})
 
     def _reserve_empty(self) -> None:
         with self.lock:
@@ -157,17 +189,14 @@ class CommsHub(Twin):
 
     def _forward_alert(self, frame: HanFrame, alert: zcl.DeviceAlert) -> None:
         code = int(alert.alert_code)
-        if "drops_outage_alerts" in self.faults and code in OUTAGE_ALERTS:
+        if self.quirks.drops_outage_alerts and code in OUTAGE_ALERTS:
             self.alerts_dropped += 1
             return
         record = {"code": f"0x{code:04X}", "device": frame.src, "eui64": str(alert.source),
-                  "raised": zcl.from_utc(alert.raised), "via": self.name, **alert.details()}
+                  "raised": zcl.from_utc(alert.raised), **alert.details()}
         self.alerts_forwarded += 1
-        self.loop.call_later(WAN_LATENCY, self._wan_alert, record)
-
-    def _wan_alert(self, record: dict[str, Any]) -> None:
         if self.wan is not None and self.radio_powered():
-            self.wan.receive_alert(record)
+            self.wan.alert_from_hub(self.name, record)
 
     def _mirror_update(self, frame: HanFrame, values: dict[str, Any]) -> None:
         """HAN-7: the gas meter's registers, pushed at each of its wakes."""

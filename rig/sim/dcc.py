@@ -2,19 +2,16 @@
 
 Bus node ``rig/v1/<bench>/dcc/headend`` (its own connection and presence).
 
-* **Alert sink.**  Every alert a device raises arrives here through the comms
-  hub and the WAN; each is recorded with the lab time it arrived
-  (``received``) next to the time the device raised it (``raised``), given its
-  recipients (``supplier``, ``dno``, ``wan_provider``) and published on
-  ``event/alert``; the retained ``state`` keeps counts and the latest alerts.
-* **Outage alerts (OUT-2, OUT-5).**  A meter's last gasp (0x8F57, with its
-  configured ``alert_after`` period) opens a pending outage; if neither the
-  meter's restoration alert (0x8F35/0x8F36) nor the hub's power-restored
-  notice arrives first, the WAN provider's network raises the outage alert
-  ``AD1`` "Power Outage Event" (DCC alert code, DUIS) at ``outage_start +
-  alert_after`` and forwards it to the network operator.  The meter and the
-  hub may both be dark by then: this is the "elsewhere in the WAN provider's
-  network" of OUT-5.
+* **Alert sink (the rig's).**  Every alert the DCC routes to a party
+  (:mod:`rig.sim.wan`) arrives in that party's inbox here (``supplier``,
+  ``dno``, ``wan_provider``) and is recorded once per inbox, with the lab
+  time the sink received it (``received``: the rig's own time, what every
+  latency is measured to) beside the time the device claims it raised it
+  (``raised``, recorded, never judged); each is published on
+  ``event/alert``; the retained ``state`` keeps counts and the latest.  The
+  sink itself computes nothing: the outage timers and the routing are the
+  simulated WAN's (:mod:`rig.sim.wan`, which this process runs beside it and
+  whose pending outages the state shows, as a WAN provider's portal would).
 * **Service requests (SUP-1, SEC-1/2/4, SUP-10, HAN-6).**  ``service_request``
   builds the remote command (a ZCL frame inside a signed GBCS-like
   envelope), sends it over the WAN to the hub, which tunnels it over the HAN
@@ -36,36 +33,23 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ..alerts import name_of
 from ..bus import Bus, CommandContext, Refused
 from . import zcl
-from .comms_hub import WAN_LATENCY, CommsHub
-from .devices import ALERT_NAMES, SimulatedHan, Twin, dcc_node, refresh_period
+from .comms_hub import CommsHub
+from .devices import SimulatedHan, Twin, dcc_node, refresh_period
+from .wan import WAN_LATENCY, Wan
 
 if TYPE_CHECKING:
     from .world import World
 
 log = logging.getLogger(__name__)
 
-OUTAGE_ALERT = "AD1"
-OUTAGE_ALERT_NAME = "Power Outage Event"
 #: lab seconds the head end waits for a device's answer, WAN included
 REQUEST_TIMEOUT = 30.0
 ALERTS_KEPT = 5000
 
-DNO_ALERTS = {"0x8F57", "0x8F35", "0x8F36", "0x802C", "0x8099", "0x8024", "0x8091", OUTAGE_ALERT}
-SECURITY_ALERTS = {"0x8F3D", "0x8F3E", "0x8F30", "0x8F53"}
-
 Op = Literal["disable", "arm", "enable", "add_credit", "emergency_credit", "set_load_limit", "read"]
-
-
-def recipients(code: str) -> list[str]:
-    if code in DNO_ALERTS:
-        return ["dno"]
-    if code in SECURITY_ALERTS:
-        return ["supplier", "wan_provider"]
-    if code == "0x8F34":
-        return ["supplier", "dno"]
-    return ["supplier"]
 
 
 class ServiceRequestArgs(BaseModel):
@@ -77,6 +61,8 @@ class ServiceRequestArgs(BaseModel):
     threshold_kw: float | None = Field(None, ge=0, description="set_load_limit: kW, 0 removes the limit")
     period: float | None = Field(None, gt=0, le=65535, description="set_load_limit: seconds above the limit")
     authentic: bool = Field(True, description="false: send it with a broken signature, as a forger would")
+    what: Literal["metering", "prepayment", "load_limit"] = Field(
+        "metering", description="read: which registers (supply status and energy; credit; load-limit settings)")
 
 
 class UtrnArgs(BaseModel):
@@ -85,13 +71,14 @@ class UtrnArgs(BaseModel):
 
 
 class AlertsArgs(BaseModel):
-    since: float | None = None
+    since: float | None = Field(None, description="received at or after this lab time")
     code: str | None = None
     device: str | None = None
+    inbox: str | None = Field(None, description="supplier, dno or wan_provider (default: every inbox)")
 
 
 class HeadEnd:
-    """The DCC / head end of one bench."""
+    """The DCC / head end of one bench: the rig's alert sink and the service requests."""
 
     def __init__(self, world: "World", han: SimulatedHan, twins: dict[str, Twin]):
         self.world, self.han, self.clock, self.loop = world, han, world.clock, han.loop
@@ -100,12 +87,12 @@ class HeadEnd:
         self.node = dcc_node(world.bench_name)
         self.bus = Bus(world.endpoint, client_id=f"dcc-{world.bench_name}-{uuid.uuid4().hex[:6]}", clock=world.clock,
                        presence=self.node, presence_info={"kind": "dcc"})
+        self.wan = Wan(han.loop, self)
         self.hub: CommsHub | None = next((t for t in twins.values() if isinstance(t, CommsHub)), None)
         if self.hub is not None:
-            self.hub.wan = self
+            self.hub.wan = self.wan
         self.alerts: list[dict[str, Any]] = []
-        self._seen: set[tuple[str, int]] = set()
-        self.pending: dict[str, dict[str, Any]] = {}
+        self._seen: set[tuple[str, int, str]] = set()
         self.requests = 0
         self.refused = 0
         self._ids = itertools.count(int(self.clock.now()) % 100000 * 1000 + 1)
@@ -125,34 +112,20 @@ class HeadEnd:
     def stop(self) -> None:
         if self._refresh is not None:
             self._refresh.cancel()
-        with self._lock:
-            for p in self.pending.values():
-                p["handle"].cancel()
+        self.wan.stop()
         self.bus.close()
 
-    # ------------------------------------------------------------------ alerts
-    def receive_alert(self, record: dict[str, Any]) -> None:
-        """An alert arrived from the WAN (on the HAN loop)."""
-        key = (record.get("eui64", record.get("device", "")), int(record.get("seq", -1)))
+    # ------------------------------------------------------------------ the alert sink
+    def receive(self, record: dict[str, Any], inbox: str) -> dict[str, Any] | None:
+        """An alert arrived in ``inbox``: stamp it with the sink's receive time, keep and publish it."""
+        received = self.clock.now()
+        key = (str(record.get("eui64", record.get("device", ""))), int(record.get("seq", -1)), inbox)
         with self._lock:
             if key[1] >= 0 and key in self._seen:
-                return  # delivered twice (a MAC ACK was lost): keep one
+                return None   # the same frame delivered twice (a MAC ACK was lost): keep one
             self._seen.add(key)
-        code = record["code"]
-        if code == "0x8F57" and record.get("alert_after") is not None:
-            self._outage_pending(record)
-        if code in ("0x8F35", "0x8F36"):
-            self._outage_over(record["device"], "restoration alert", record.get("outage_start"))
-        self._record(record)
-
-    def _record(self, record: dict[str, Any]) -> dict[str, Any]:
-        code = record["code"]
-        try:
-            name = ALERT_NAMES.get(int(code, 16), "")
-        except ValueError:
-            name = OUTAGE_ALERT_NAME if code == OUTAGE_ALERT else ""
-        alert = {**record, "name": record.get("name") or name, "received": self.clock.now(),
-                 "recipients": recipients(code)}
+        alert = {**record, "name": record.get("name") or name_of(record["code"]), "inbox": inbox,
+                 "received": received}
         with self._lock:
             self.alerts.append(alert)
             if len(self.alerts) > ALERTS_KEPT:
@@ -162,46 +135,16 @@ class HeadEnd:
         self.publish()
         return alert
 
-    def _outage_pending(self, record: dict[str, Any]) -> None:
-        device = record["device"]
-        start = float(record.get("outage_start", record.get("raised", self.clock.now())))
-        due = start + float(record["alert_after"])
-        with self._lock:
-            if device in self.pending:
-                return
-            handle = self.loop.call_at(due, self._outage_due, device)
-            self.pending[device] = {"start": start, "due": due, "handle": handle}
-
-    def _outage_over(self, device: str, why: str, start: float | None = None) -> None:
-        with self._lock:
-            p = self.pending.pop(device, None)
-        if p is not None:
-            p["handle"].cancel()
-            log.info("outage at %s over before its alert (%s)", device, why)
-
-    def hub_power_restored(self, hub: str, at: float) -> None:
-        """The hub is back on mains: supply is back at its premises (unmetered feed)."""
-        with self._lock:
-            devices = list(self.pending)
-        for device in devices:
-            self._outage_over(device, f"{hub} power restored")
+    def notice(self, data: dict[str, Any]) -> None:
         if self.bus.connected:
-            self.bus.publish_event(self.node, "notice", {"notice": "hub_power_restored", "device": hub, "at": at,
-                                                         "cancelled": devices})
-
-    def _outage_due(self, device: str) -> None:
-        with self._lock:
-            p = self.pending.pop(device, None)
-        if p is None:
-            return
-        self._record({"code": OUTAGE_ALERT, "name": OUTAGE_ALERT_NAME, "device": device, "raised": self.clock.now(),
-                      "outage_start": p["start"], "alert_after": p["due"] - p["start"], "source": "wan_provider"})
+            self.bus.publish_event(self.node, "notice", data)
 
     def _alerts(self, args: AlertsArgs, _ctx: CommandContext) -> dict:
         with self._lock:
             out = [a for a in self.alerts if (args.since is None or a["received"] >= args.since)
                    and (args.code is None or a["code"].lower() == args.code.lower())
-                   and (args.device is None or a["device"] == args.device)]
+                   and (args.device is None or a["device"] == args.device)
+                   and (args.inbox is None or a["inbox"] == args.inbox)]
         return {"alerts": out}
 
     # ------------------------------------------------------------------ service requests
@@ -272,10 +215,15 @@ class HeadEnd:
             if not values:
                 raise Refused("set_load_limit needs threshold_kw and/or period", code="invalid")
             return zcl.LoadLimit.cluster_id, zcl.write_attributes(zcl.LoadLimit, values, tsn=tsn)
-        if args.role == "cad":
+        if args.role == "cad" and args.what == "metering":
             # what a CAD asks for: the supply status and consumption
             return zcl.Metering.cluster_id, zcl.read_attributes(
                 zcl.Metering, ["supply_status", "current_summ_delivered", "instantaneous_demand"], tsn=tsn)
+        if args.what == "prepayment":
+            return zcl.Prepayment.cluster_id, zcl.read_attributes(
+                zcl.Prepayment, ["credit_remaining", "emergency_credit_remaining", "credit_status"], tsn=tsn)
+        if args.what == "load_limit":
+            return zcl.LoadLimit.cluster_id, zcl.read_attributes(zcl.LoadLimit, ["threshold_w", "period_s"], tsn=tsn)
         return zcl.Metering.cluster_id, zcl.read_attributes(
             zcl.Metering, ["supply_status", "current_summ_delivered", "instantaneous_demand", "status"], tsn=tsn)
 
@@ -297,6 +245,14 @@ class HeadEnd:
                 out["energy_kwh"] = int(values["current_summ_delivered"]) / 1000.0
             if "instantaneous_demand" in values:
                 out["power_w"] = int(values["instantaneous_demand"])
+            if "credit_remaining" in values:
+                out["credit"] = int(values["credit_remaining"]) / 100.0
+            if "emergency_credit_remaining" in values:
+                out["emergency_credit"] = int(values["emergency_credit_remaining"]) / 100.0
+            if "threshold_w" in values:
+                out["load_limit_kw"] = int(values["threshold_w"]) / 1000.0
+            if "period_s" in values:
+                out["load_limit_period"] = int(values["period_s"])
             return out
         return {}
 
@@ -319,10 +275,11 @@ class HeadEnd:
             by_code: dict[str, int] = {}
             for a in self.alerts:
                 by_code[a["code"]] = by_code.get(a["code"], 0) + 1
+            pending = self.wan.status()
             state = {
-                "summary": f"{len(self.alerts)} alerts, {len(self.pending)} outages pending",
+                "summary": f"{len(self.alerts)} alerts, {len(pending)} outages pending",
                 "alerts": len(self.alerts), "by_code": by_code, "latest": self.alerts[-20:],
-                "pending_outages": {d: {"start": p["start"], "due": p["due"]} for d, p in self.pending.items()},
+                "pending_outages": pending,
                 "requests": self.requests, "refused": self.refused,
                 "hub": self.hub.name if self.hub else None,
             }

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from dataclasses import fields
 import threading
 import uuid
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from ..alerts import ALERT_NAMES
 from ..bus import Bus, CommandContext, Refused
 from ..contract import Node
 from . import zcl
@@ -56,9 +58,24 @@ def dcc_node(bench: str) -> Node:
 class SimulatedHan:
     """The medium, its event loop and its bus node (``rig/v1/<bench>/han/medium``).
 
-    Ops: ``replay`` (``{"src": "ppmid", "dst": "esme"}``: re-send the last
-    frame recorded between them, the replay attack of property 4) and
-    ``links`` (the link budget of every joined pair)."""
+    The node is also the bench's HAN tap (what a sniffer and an attacker's
+    radio on the premises are on a real bench).  Ops:
+
+    * ``journal`` (``{"since": t, "src": "ppmid", "dst": "esme", "cluster": 0x0705, "command": 1}``):
+      application frames as the sniffer saw them on their first hop, each with
+      the lab time it went on the air (``ts``), the first hop's receiver
+      (``hop``), its ZCL command name, frame counter, whether it was
+      delivered and whether the injector sent it;
+    * ``replay`` (``{"src": "ppmid", "dst": "esme"}``): re-send the last frame
+      recorded between them, unchanged (the replay attack of property 4);
+    * ``delay`` (``{..., "seconds": 8}``): the next such frame is held off the
+      air at its first hop and released unchanged that many lab seconds later
+      (a jammer with a recorder, or a slow network);
+    * ``forge`` (``{...}``): send a copy of the last recorded frame re-stamped
+      with the time now and a fresh frame counter, but without the link key:
+      its security check fails;
+    * ``links``: the link budget of every joined pair.
+    """
 
     def __init__(self, world: "World"):
         self.world = world
@@ -73,8 +90,12 @@ class SimulatedHan:
     def start(self) -> "SimulatedHan":
         self.loop.start()
         self.bus.connect()
-        self.bus.serve(self.node, "replay", self._replay, ReplayArgs)
-        self.bus.serve(self.node, "links", lambda _a, _c: {"links": self.medium.links()})
+        s = self.bus.serve
+        s(self.node, "journal", self._journal, JournalArgs)
+        s(self.node, "replay", self._replay, FrameArgs)
+        s(self.node, "delay", self._delay, DelayArgs)
+        s(self.node, "forge", self._forge, FrameArgs)
+        s(self.node, "links", lambda _a, _c: {"links": self.medium.links()})
         self._refresh = self.loop.call_every(refresh_period(self.clock), self.publish, first=0.0)
         return self
 
@@ -86,13 +107,53 @@ class SimulatedHan:
                 "links": self.medium.links(),
             })
 
-    def _replay(self, args: "ReplayArgs", _ctx: CommandContext) -> dict:
-        frame = self.medium.replay(args.src, args.dst, args.cluster, args.command)
+    def _journal(self, args: "JournalArgs", _ctx: CommandContext) -> dict:
+        out = []
+        for e in list(self.medium.journal):
+            if (args.since is not None and e["ts"] < args.since) or (args.src and e["src"] != args.src) \
+                    or (args.dst and e["dst"] != args.dst) or (args.cluster is not None and e["cluster"] != args.cluster):
+                continue
+            raw = e["zcl"]
+            command = raw[2] if len(raw) >= 3 else None
+            specific = len(raw) >= 1 and (raw[0] & 0x03) == 1
+            if args.command is not None and not (specific and command == args.command):
+                continue
+            try:
+                parsed = zcl.parse(zcl.cluster_by_id(e["cluster"]), raw)
+                name, general, to_client = parsed.name, parsed.general, parsed.to_client
+            except ValueError:
+                name, general, to_client = None, not specific, bool(raw and raw[0] & 0x08)
+            out.append({k: v for k, v in e.items() if k != "zcl"} | {
+                "cluster": f"0x{e['cluster']:04X}", "command": name, "general": general, "to_client": to_client})
+        return {"frames": out[-args.limit:]}
+
+    def _recorded(self, args: "FrameArgs") -> HanFrame:
+        frame = self.medium.recorded(args.src, args.dst, args.cluster, args.command)
         if frame is None:
             what = f" (cluster {args.cluster}, command {args.command})" if args.cluster is not None else ""
             raise Refused(f"no frame from {args.src} to {args.dst}{what} has been recorded on the HAN yet")
+        return frame
+
+    def _replay(self, args: "FrameArgs", _ctx: CommandContext) -> dict:
+        frame = self.medium.inject(self._recorded(args), "replayed")
         return {"replayed": True, "counter": frame.counter, "cluster": f"0x{frame.cluster_id:04X}",
-                "created": frame.created}
+                "created": frame.created, "at": self.clock.now()} if frame else {"replayed": False}
+
+    def _delay(self, args: "DelayArgs", _ctx: CommandContext) -> dict:
+        if args.src not in self.medium.radios or args.dst not in self.medium.radios:
+            raise Refused(f"no device '{args.src}' or '{args.dst}' on the HAN; devices: "
+                          f"{', '.join(sorted(self.medium.radios))}", code="invalid")
+        hold = self.medium.hold_next(args.src, args.dst, args.cluster, args.command, args.seconds, args.within)
+        return {"armed": True, "at": hold.armed, "seconds": hold.seconds}
+
+    def _forge(self, args: "FrameArgs", _ctx: CommandContext) -> dict:
+        frame = self._recorded(args).copy()
+        frame.zcl = zcl.restamp(frame.cluster_id, frame.zcl, self.clock.now())
+        frame.counter += 1_000_000
+        frame.created = self.clock.now()
+        frame.authentic = False
+        sent = self.medium.inject(frame, "forged")
+        return {"forged": sent is not None, "counter": frame.counter, "at": self.clock.now()}
 
     def stop(self) -> None:
         if self._refresh is not None:
@@ -101,11 +162,36 @@ class SimulatedHan:
         self.bus.close()
 
 
-class ReplayArgs(BaseModel):
+class FrameArgs(BaseModel):
     src: str
     dst: str
     cluster: int | None = Field(None, description="ZCL cluster id, e.g. 0x0705 (1797) for Prepayment")
     command: int | None = Field(None, description="cluster-specific command id, e.g. 1 for change_supply")
+
+
+class DelayArgs(FrameArgs):
+    seconds: float = Field(..., gt=0, le=3600, description="lab seconds the frame is held back")
+    within: float = Field(60.0, gt=0, le=3600, description="lab seconds the tap waits for such a frame")
+
+
+class JournalArgs(BaseModel):
+    since: float | None = Field(None, description="lab time: frames on the air at or after it")
+    src: str | None = None
+    dst: str | None = None
+    cluster: int | None = None
+    command: int | None = Field(None, description="cluster-specific command id")
+    limit: int = Field(2000, ge=1, le=20000)
+
+
+class FaultFlags:
+    """Base of a twin's fault profiles as one frozen dataclass of flags, read
+    once from lab.yaml (``Quirks.of(cfg.faults)``): the logic tests a named
+    field, never a string."""
+
+    @classmethod
+    def of(cls, faults: "set[str] | list[str]"):
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{f: True for f in faults if f in names})
 
 
 def refresh_period(clock) -> float:
@@ -274,46 +360,6 @@ def reject(radio: HanRadio, frame: HanFrame, parsed: zcl.Zcl, status: zcl.Status
     else:
         radio.reply(frame, zcl.default_response(parsed.command_id, status, tsn=parsed.tsn,
                                                 to_client=not parsed.to_client))
-
-
-# ----------------------------------------------------------------------------- alert names
-#: GBCS alert and event codes the twins raise, with their names (GBCS alert
-#: table as carried by SmartDCCInnovation/gbcs-parser src/util.ts) and the
-#: DCC alert the WAN side raises for a power outage (DUIS DCC alert AD1).
-ALERT_NAMES: dict[int, str] = {
-    0x8F01: "Active Power Import above Load Limit Threshold",
-    0x8F0F: "Credit Below Disablement Threshold (prepayment mode)",
-    0x8F1D: "GSME Power Supply Loss",
-    0x8F1F: "Low Battery Capacity",
-    0x8F30: "Source Does not have Authority for Command",
-    0x8F32: "Supply Armed",
-    0x8F33: "Supply Disabled then Armed - Load Limit triggered",
-    0x8F34: "Supply Enabled after Load Limit Restoration Period (Load Limit triggered)",
-    0x8F35: "Supply Outage Restored",
-    0x8F36: "Supply Outage Restored - Outage >= 3 minutes",
-    0x8F3D: "Trusted Source Authentication Failure",
-    0x8F3E: "Unauthorised Communication Access attempted",
-    0x8F51: "Duplicate UTRN entered",
-    0x8F53: "Failed Authentication or Authorisation not covered by other codes",
-    0x8F57: "Supply interrupted",
-    0x8F63: "UTRN not Authentic",
-    0x8F64: "UTRN not for this Device",
-    0x810D: "Combined Credit Below Low Credit Threshold (prepayment mode)",
-    0x810E: "Credit Added Locally",
-    0x8119: "Emergency Credit Has Become Available (prepayment mode)",
-    0x8154: "Immediate HAN Interface Command Received and Successfully Actioned",
-    0x8155: "Immediate HAN Interface Command Received but not Successfully Actioned",
-    0x8161: "User Interface Command Input and Successfully Actioned",
-    0x8162: "User Interface Command Input but not Successfully Actioned",
-    0x8168: "Supply Disabled then Armed - Activate Emergency Credit triggered",
-    0x8183: "Device joined SMHAN",
-    0x81AA: "Emergency Credit Exhausted",
-    0x81AB: "Emergency Credit Activated",
-    0x802C: "RMS Voltage below Voltage Sag Threshold",
-    0x8099: "RMS Voltage below Voltage Sag Threshold (voltage returns above)",
-    0x8024: "RMS Voltage above Voltage Swell Threshold",
-    0x8091: "RMS Voltage above Voltage Swell Threshold (voltage returns below)",
-}
 
 
 # ----------------------------------------------------------------------------- start

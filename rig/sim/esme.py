@@ -1,25 +1,13 @@
 """The simulated electricity meter (ESME).
 
 It measures what the physical bench model has on its wires (line voltage,
-load current through its own contactor), runs the SMETS2 supply state
-machine and prepayment, keeps an event log that survives loss of mains, and
-answers the HAN like a SEP 1.x meter.
-
-Supply state machine (SUP-1, SUP-2, SUP-6; ZCL ``SupplyStatus``)::
-
-    enabled  --remote disable (supplier|dno)-->  disabled   (contactor opens)
-    disabled --remote arm, no other party's disablement left-->  armed
-    disabled --remote enable (lab policy ``remote_enable: when_not_armed``)-->  enabled
-    armed    --local action (button press + hold, or paired PPMID)-->  enabled
-    armed    --remote enable-->  refused and logged (SUP-2)
-    enabled  --credit exhausted-->  disabled (party "credit")
-    enabled  --load above the limit for the period-->  armed (0x8F33), and
-             after the restoration period enabled again (0x8F34)
-
-Every party that disabled the supply (``supplier``, ``dno``, ``credit``)
-holds the disablement until that same party lifts it: an enable or arm by
-one never overrides another's (SUP-6).  The state, the parties and the event
-log are kept across loss of mains (safety property 5).
+load current through its own contactor), runs the supply state machine of
+:mod:`rig.supply` (SUP-1, SUP-2, SUP-6; ZCL ``SupplyStatus``) and
+prepayment, keeps an event log that survives loss of mains, and answers the
+HAN like a SEP 1.x meter.  The state machine decides every supply change;
+this twin feeds it triggers (remote commands over the WAN, local actions,
+credit, the load limit, mains return) and carries its decisions out on the
+contactor, the log, the alerts and the bus.
 
 Local actions (bus ops of the device node, what a person at the meter does)::
 
@@ -28,25 +16,38 @@ Local actions (bus ops of the device node, what a person at the meter does)::
     press("emergency_credit")  activate emergency credit when available
     enter_utrn("0100...")      keypad top-up (SUP-5)
 
-Outage (OUT-1..OUT-5): loss of supply is logged (0x8F57 "Supply
-interrupted") and a last gasp carrying the configured
-``outage_alert_period`` goes over the HAN to the hub; the head end raises
-the outage alert if supply is not back in time.  On restoration the meter
-logs and alerts 0x8F35 (shorter than the period) or 0x8F36 (at least the
-period).  Voltage sag/swell (OUT-6) raise 0x802C/0x8099 and 0x8024/0x8091.
+Outage (OUT-1, OUT-3): loss of supply is logged (0x8F57 "Supply
+interrupted") and so is its restoration; on restoration the meter alerts
+0x8F35 (shorter than its ``outage_alert_period``) or 0x8F36 (at least that).
+The outage alert itself (AD1) is not the meter's: the comms hub and the WAN
+provider's network raise it (:mod:`rig.sim.wan`, seed 002:1678-1693).
+Voltage sag/swell (OUT-6) raise 0x802C/0x8099 and 0x8024/0x8091.
+
+PPMID commands (safety property 4) are carried out only from the paired
+PPMID, only once (the radio drops a repeated frame counter, kept across
+outages), only when authentic (frames that fail the HAN's security check
+are dropped) and only while fresh: a press older than
+``ppmid_command_ttl`` lab seconds (default 4.5, inside the 5 s enable bound)
+is refused.
+
+Fault profiles (rig/faults.py) are read once at start: those of the supply
+logic become :class:`rig.supply.Rules`, the others :class:`Quirks`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ..alerts import AlertCode
 from ..bus import CommandContext, Refused
+from ..supply import ArmCause, Party, Rules, Supply, SupplyMachine, Transition, Trigger
 from .physics import SUPPLY_PRESENT_V
 from . import zcl
-from .devices import Twin, reject
+from .devices import FaultFlags, Twin, reject
 from .han import HanFrame
 
 log = logging.getLogger(__name__)
@@ -57,15 +58,16 @@ PROMPT_SECONDS = 30.0
 MAX_HOLD = 60.0
 #: misses_flicker: interruptions shorter than this are not logged
 FLICKER_SECONDS = 5.0
-#: early_outage_alert: the alert period the faulty meter reports
-EARLY_ALERT_PERIOD = 60.0
+#: late_restore_alert: lab seconds the faulty meter waits before its restoration alert
+LATE_RESTORE_DELAY = 60.0
+#: long_freshness_window: the stale-command window of the faulty meter, lab seconds
+LONG_FRESHNESS = 30.0
+#: register_runs_fast: the faulty meter's register counts this much of what flows
+REGISTER_FAST = 1.03
 #: event log entries kept
 LOG_SIZE = 2000
 #: longest wait between metrology ticks, lab seconds
 MAX_TICK = 60.0
-
-SUPPLY = {0: "disabled", 1: "armed", 2: "enabled"}
-SUPPLY_CODE = {v: k for k, v in SUPPLY.items()}
 
 #: which remote party may send which inner command (SEC-2, SEC-4)
 AUTHORITY: dict[tuple[str, str], set[str]] = {
@@ -77,6 +79,37 @@ AUTHORITY: dict[tuple[str, str], set[str]] = {
     ("Prepayment", "Read_Attributes"): {"supplier", "dno"},
     ("LoadLimit", "Read_Attributes"): {"supplier", "dno"},
 }
+
+#: the WAN's change_supply target -> trigger
+REMOTE_TRIGGERS = {Supply.DISABLED: Trigger.REMOTE_DISABLE, Supply.ARMED: Trigger.REMOTE_ARM,
+                   Supply.ENABLED: Trigger.REMOTE_ENABLE}
+
+
+@dataclass(frozen=True)
+class Quirks(FaultFlags):
+    """The meter's fault profiles outside the supply logic, read once from lab.yaml."""
+
+    misses_flicker: bool = False
+    no_restore_alert: bool = False
+    late_restore_alert: bool = False
+    wrong_restore_code: bool = False
+    duplicate_alerts: bool = False
+    alert_storm: bool = False
+    reports_closed_when_open: bool = False
+    welded_contactor: bool = False
+    accepts_replayed_ppmid: bool = False
+    replay_window_resets_on_reboot: bool = False
+    accepts_forged_frames: bool = False
+    accepts_stale_ppmid: bool = False
+    long_freshness_window: bool = False
+    accepts_unpaired_ppmid: bool = False
+    ignores_hold_time: bool = False
+    ignores_premises: bool = False
+    utrn_reuse: bool = False
+    no_power_quality_alerts: bool = False
+    accepts_han_config_write: bool = False
+    register_runs_fast: bool = False
+
 
 
 class PressArgs(BaseModel):
@@ -114,12 +147,10 @@ class Esme(Twin):
         self.physics = world.physics
         self.lab_name = world.lab.lab.name
         self.wired = world.cfg.wiring.meter == name
+        self.quirks = Quirks.of(self.faults)
+        self.machine = SupplyMachine(Rules.for_meter(s.remote_enable, self.faults))
         now = self.clock.now()
         self.powered = self.physics.supply_present()
-        # supply
-        self.supply = "enabled"
-        self.disabled_by: set[str] = set()
-        self.arm_cause: str | None = None
         self.reported_closed = False
         # metrology
         self.energy_wh = 0.0
@@ -152,10 +183,51 @@ class Esme(Twin):
              and getattr(d.settings, "paired_meter", None) in (None, name)), None)
         self.paired_eui = bench.devices[self.paired_ppmid].id if self.paired_ppmid in bench.devices else None
         self.hub_eui = next((d.id for d in bench.devices.values() if d.kind == "comms_hub"), None)
-        if "accepts_replayed_ppmid" in self.faults:
-            self.radio.accept_replays = True
+        self.radio.accept_replays = self.quirks.accepts_replayed_ppmid
+        self.radio.accept_forged = self.quirks.accepts_forged_frames
         self.log: list[dict[str, Any]] = []
         self._tick_handle = None
+
+    # ------------------------------------------------------------------ supply (rig.supply)
+    @property
+    def supply(self) -> str:
+        return str(self.machine.state)
+
+    @property
+    def disabled_by(self) -> set[str]:
+        return {str(p) for p in self.machine.holders}
+
+    def freshness(self) -> float:
+        """Lab seconds a PPMID press stays fresh (property 4)."""
+        if self.quirks.accepts_stale_ppmid:
+            return float("inf")
+        return LONG_FRESHNESS if self.quirks.long_freshness_window else float(self.s.ppmid_command_ttl)
+
+    def apply(self, trigger: Trigger, party: Party | None = None, *, why: str = "",
+              cause: ArmCause | None = None, proposed: Supply | None = None, **data: Any) -> Transition:
+        """Feed the state machine one trigger and carry out what it decided:
+        the contactor, the log, the alert, the retained state."""
+        holders = self.machine.holders
+        t = self.machine.apply(trigger, party, cause=cause, proposed=proposed)
+        if t.changed:
+            self.record(f"supply_{t.after}", cause=why or str(trigger), previous=str(t.before),
+                        disabled_by=sorted(self.disabled_by), **data)
+            self.event("supply", state=str(t.after), previous=str(t.before), cause=why or str(trigger))
+            self._drive_contactor()
+            self.publish()
+        if not t.accepted:
+            self.record(f"{trigger}_refused", reason=t.reason, requirement=t.requirement,
+                        party=str(party) if party else None, **data)
+        elif trigger is Trigger.REMOTE_DISABLE and not t.changed:
+            self.record("supply_disable", party=str(party), disabled_by=sorted(self.disabled_by),
+                        note="already disabled")
+        elif not t.changed and holders - self.machine.holders:
+            self.record("disablement_lifted", party=str(party) if party else None,
+                        lifted=sorted(str(p) for p in holders - self.machine.holders),
+                        disabled_by=sorted(self.disabled_by), reason=t.reason)
+        if t.alert is not None:
+            self.alert(t.alert, **({"role": str(party)} if party else {}))
+        return t
 
     # ------------------------------------------------------------------ wiring
     def radio_powered(self) -> bool:
@@ -185,10 +257,15 @@ class Esme(Twin):
         self.event("log", **entry)
         return entry
 
+    def alert(self, code: AlertCode, last_gasp: bool = False, **data: Any) -> None:
+        """Raise an alert over the HAN to the hub (twice, with the duplicate_alerts fault)."""
+        for _ in range(2 if self.quirks.duplicate_alerts else 1):
+            self.raise_alert(int(code), last_gasp=last_gasp, **data)
+
     # ------------------------------------------------------------------ contactor
     def _drive_contactor(self) -> None:
         """Make the contactor match the supply state (reported and physical)."""
-        want = self.supply == "enabled"
+        want = self.machine.state is Supply.ENABLED
         if want == self.reported_closed and (not self.wired or self.physics.contactor == self._actual(want)):
             return
         self.reported_closed = want
@@ -197,19 +274,9 @@ class Esme(Twin):
         self.event("contactor", closed=want)
 
     def _actual(self, want: bool) -> bool:
-        # reports_closed_when_open: the relay never closes, the meter says it did
-        return want and "reports_closed_when_open" not in self.faults
-
-    def _set_supply(self, new: str, cause: str, arm_cause: str | None = None, **data: Any) -> None:
-        old = self.supply
-        if new == old:
-            return
-        self.supply = new
-        self.arm_cause = arm_cause if new == "armed" else None
-        self.record(f"supply_{new}", cause=cause, previous=old, disabled_by=sorted(self.disabled_by), **data)
-        self.event("supply", state=new, previous=old, cause=cause)
-        self._drive_contactor()
-        self.publish()
+        if self.quirks.welded_contactor:
+            return True          # the contacts are welded shut: the load stays live, the meter says open
+        return want and not self.quirks.reports_closed_when_open   # the relay never closes, the meter says it did
 
     # ------------------------------------------------------------------ physics
     def _on_physics(self, _what: set[str]) -> None:
@@ -218,9 +285,9 @@ class Esme(Twin):
             present = self.physics.supply_present()
             if present != self.powered:
                 if present:
-                    self._supply_restored()
+                    self._supply_restored(self.physics.event_time())
                 else:
-                    self._supply_lost()
+                    self._supply_lost(self.physics.event_time())
             if self.powered:
                 self._check_power_quality()
                 self._check_load_limit()
@@ -233,7 +300,7 @@ class Esme(Twin):
         self._ts = now
         if dt > 0 and self._power > 0:
             wh = self._power * dt / 3600.0
-            self.energy_wh += wh
+            self.energy_wh += wh * (REGISTER_FAST if self.quirks.register_runs_fast else 1.0)
             self.credit -= wh / 1000.0 * self.s.tariff
             self._check_credit()
         self._power = self.physics.load_power() if self.wired and self.powered else 0.0
@@ -256,51 +323,57 @@ class Esme(Twin):
                 delay = min(delay, (self.credit - max(below)) / rate + 1e-3)
         self._tick_handle = self.loop.call_later(max(delay, 1e-3), self._tick)
 
-    # ------------------------------------------------------------------ outages (OUT-1..5)
-    def _supply_lost(self) -> None:
-        t0 = self.clock.now()
+    # ------------------------------------------------------------------ outages (OUT-1, OUT-3)
+    def _supply_lost(self, t0: float) -> None:
         self.powered = False
         self.outage_start = t0
         self.prompt_until = float("-inf")
         self.power_quality = None
         self._over_since = None
-        if "misses_flicker" in self.faults:
+        if self.quirks.replay_window_resets_on_reboot:
+            self.radio.forget_counters()       # the frame counters were in RAM only
+        if self.quirks.misses_flicker:
             self.loop.call_later(FLICKER_SECONDS, self._late_loss_log, t0)
         else:
-            self.record("supply_lost", 0x8F57, outage_start=t0)
-        if "no_outage_alert" not in self.faults:
-            period = EARLY_ALERT_PERIOD if "early_outage_alert" in self.faults else self.s.outage_alert_period
-            # last gasp: sent on the energy left in the meter's supply capacitor
-            self.raise_alert(0x8F57, outage_start=t0, alert_after=period, last_gasp=True)
+            self.record("supply_lost", AlertCode.SUPPLY_INTERRUPTED, outage_start=t0, ts=t0)
+        if self.quirks.alert_storm:
+            # an alert to the network operator on every interruption, sent on the supply capacitor
+            self.alert(AlertCode.SUPPLY_INTERRUPTED, last_gasp=True, outage_start=t0)
         self.event("power", powered=False)
 
     def _late_loss_log(self, t0: float) -> None:
         with self.lock:
             if not self.powered and self.outage_start == t0:
-                self.record("supply_lost", 0x8F57, outage_start=t0)
+                self.record("supply_lost", AlertCode.SUPPLY_INTERRUPTED, outage_start=t0)
 
-    def _supply_restored(self) -> None:
-        t1 = self.clock.now()
+    def _supply_restored(self, t1: float) -> None:
         self.powered = True
         t0 = self.outage_start if self.outage_start is not None else t1
         self.outage_start = None
         duration = t1 - t0
-        long = duration >= self.s.outage_alert_period
         self.last_outage = {"start": t0, "end": t1, "duration": duration}
-        if "reenables_after_mains_return" in self.faults and self.supply != "enabled":
-            self.disabled_by.clear()
-            self._set_supply("enabled", "mains returned")
+        self.apply(Trigger.MAINS_RETURN, why="mains returned")
         self._drive_contactor()
         self.event("power", powered=True, outage=duration)
-        if "misses_flicker" in self.faults and duration < FLICKER_SECONDS:
+        if self.quirks.misses_flicker and duration < FLICKER_SECONDS:
             return
-        code = 0x8F36 if long else 0x8F35
-        self.record("supply_restored", code, outage_start=t0, duration=duration)
-        if "no_restore_alert" not in self.faults:
-            self.raise_alert(code, outage_start=t0, duration=duration)
+        long = duration >= self.s.outage_alert_period and not self.quirks.wrong_restore_code
+        code = AlertCode.SUPPLY_OUTAGE_RESTORED_LONG if long else AlertCode.SUPPLY_OUTAGE_RESTORED
+        self.record("supply_restored", code, outage_start=t0, duration=duration, ts=t1)
+        if self.quirks.no_restore_alert:
+            return
+        if self.quirks.late_restore_alert:
+            self.loop.call_later(LATE_RESTORE_DELAY, self._late_alert, code, t0, duration)
+        else:
+            self.alert(code, outage_start=t0, duration=duration)
+
+    def _late_alert(self, code: AlertCode, t0: float, duration: float) -> None:
+        with self.lock:
+            if self.powered:
+                self.alert(code, outage_start=t0, duration=duration)
 
     def _check_power_quality(self) -> None:
-        if "no_power_quality_alerts" in self.faults:
+        if self.quirks.no_power_quality_alerts:
             return
         v = self.physics.line_voltage()
         now = "sag" if SUPPLY_PRESENT_V <= v < self.s.voltage_sag_threshold else \
@@ -309,28 +382,30 @@ class Esme(Twin):
             return
         before, self.power_quality = self.power_quality, now
         if before == "sag":
-            self.record("voltage_sag_end", 0x8099, voltage=v)
-            self.raise_alert(0x8099, voltage=v)
+            self.record("voltage_sag_end", AlertCode.VOLTAGE_SAG_END, voltage=v)
+            self.alert(AlertCode.VOLTAGE_SAG_END, voltage=v)
         elif before == "swell":
-            self.record("voltage_swell_end", 0x8091, voltage=v)
-            self.raise_alert(0x8091, voltage=v)
+            self.record("voltage_swell_end", AlertCode.VOLTAGE_SWELL_END, voltage=v)
+            self.alert(AlertCode.VOLTAGE_SWELL_END, voltage=v)
         if now == "sag":
-            self.record("voltage_sag", 0x802C, voltage=v, threshold=self.s.voltage_sag_threshold)
-            self.raise_alert(0x802C, voltage=v, threshold=self.s.voltage_sag_threshold)
+            self.record("voltage_sag", AlertCode.VOLTAGE_SAG, voltage=v, threshold=self.s.voltage_sag_threshold)
+            self.alert(AlertCode.VOLTAGE_SAG, voltage=v, threshold=self.s.voltage_sag_threshold)
         elif now == "swell":
-            self.record("voltage_swell", 0x8024, voltage=v, threshold=self.s.voltage_swell_threshold)
-            self.raise_alert(0x8024, voltage=v, threshold=self.s.voltage_swell_threshold)
+            self.record("voltage_swell", AlertCode.VOLTAGE_SWELL, voltage=v,
+                        threshold=self.s.voltage_swell_threshold)
+            self.alert(AlertCode.VOLTAGE_SWELL, voltage=v, threshold=self.s.voltage_swell_threshold)
 
     # ------------------------------------------------------------------ load limit (SUP-9)
     def _check_load_limit(self) -> None:
-        if not self.load_limit_kw or self.supply != "enabled":
+        if not self.load_limit_kw or self.machine.state is not Supply.ENABLED:
             self._over_since = None
             return
         over = self._power > self.load_limit_kw * 1000.0
         if over and self._over_since is None:
             self._over_since = self.clock.now()
-            self.record("load_limit_exceeded", 0x8F01, power=self._power, threshold_kw=self.load_limit_kw)
-            self.raise_alert(0x8F01, power=self._power, threshold_kw=self.load_limit_kw)
+            self.record("load_limit_exceeded", AlertCode.LOAD_LIMIT_EXCEEDED, power=self._power,
+                        threshold_kw=self.load_limit_kw)
+            self.alert(AlertCode.LOAD_LIMIT_EXCEEDED, power=self._power, threshold_kw=self.load_limit_kw)
             self._ll_handle = self.loop.call_later(self.load_limit_period, self._load_limit_due)
         elif not over and self._over_since is not None:
             self._over_since = None
@@ -340,68 +415,70 @@ class Esme(Twin):
     def _load_limit_due(self) -> None:
         with self.lock:
             self._integrate()
-            if self._over_since is None or self.supply != "enabled":
+            if self._over_since is None or self.machine.state is not Supply.ENABLED:
                 return
             self._over_since = None
-            self._set_supply("armed", "load limit", arm_cause="load_limit", power=self._power,
-                             threshold_kw=self.load_limit_kw)
-            self.raise_alert(0x8F33, threshold_kw=self.load_limit_kw)
-            self.loop.call_later(self.load_limit_period, self._load_limit_restore)
+            t = self.apply(Trigger.LOAD_LIMIT_TRIP, why="load limit", power=self._power,
+                           threshold_kw=self.load_limit_kw)
+            if t.accepted:
+                self.loop.call_later(self.load_limit_period, self._load_limit_restore)
 
     def _load_limit_restore(self) -> None:
         with self.lock:
-            if self.supply == "armed" and self.arm_cause == "load_limit" and self.powered:
-                self._set_supply("enabled", "load limit restoration period")
-                self.raise_alert(0x8F34)
+            if self.powered:
+                self.apply(Trigger.LOAD_LIMIT_RESTORE, why="load limit restoration period")
 
-    # ------------------------------------------------------------------ prepayment (SUP-5)
+    # ------------------------------------------------------------------ prepayment (SUP-3, SUP-5)
     def _credit_thresholds(self) -> list[float]:
         out = [self.s.low_credit_threshold, 0.0]
         if self.ec_state == "in_use":
             out.append(-self.s.emergency_credit)
         return out
 
+    def _credit_floor(self) -> float:
+        return -self.s.emergency_credit if self.ec_state == "in_use" else 0.0
+
+    def _ec_remaining(self) -> float:
+        """GBP of emergency credit left to the consumer."""
+        if self.ec_state == "in_use":
+            return self.s.emergency_credit + min(0.0, self.credit)
+        return self.s.emergency_credit if self.ec_state == "available" else 0.0
+
     def _check_credit(self) -> None:
         c = self.credit
         if c < self.s.low_credit_threshold and not self.low_credit:
             self.low_credit = True
-            self.record("low_credit", 0x810D, credit=round(c, 2))
-            self.raise_alert(0x810D, credit=round(c, 2))
+            self.record("low_credit", AlertCode.LOW_CREDIT, credit=round(c, 2))
+            self.alert(AlertCode.LOW_CREDIT, credit=round(c, 2))
         elif c >= self.s.low_credit_threshold:
             self.low_credit = False
         if c <= self.s.low_credit_threshold and self.ec_state == "not_available" and self.s.emergency_credit > 0:
             self.ec_state = "available"
-            self.record("emergency_credit_available", 0x8119)
-            self.raise_alert(0x8119)
+            self.record("emergency_credit_available", AlertCode.EMERGENCY_CREDIT_AVAILABLE)
+            self.alert(AlertCode.EMERGENCY_CREDIT_AVAILABLE)
         if c > 0 and self.ec_state == "in_use":
             self.ec_state = "not_available"  # emergency credit repaid
-        floor = -self.s.emergency_credit if self.ec_state == "in_use" else 0.0
-        if c <= floor and "credit" not in self.disabled_by:
+        if c <= self._credit_floor() and Party.CREDIT not in self.machine.holders:
             if self.ec_state == "in_use":
                 self.ec_state = "exhausted"
-                self.record("emergency_credit_exhausted", 0x81AA)
-                self.raise_alert(0x81AA)
-            self.disabled_by.add("credit")
-            self.record("credit_exhausted", 0x8F0F, credit=round(c, 2))
-            self.raise_alert(0x8F0F, credit=round(c, 2))
-            self._set_supply("disabled", "credit exhausted")
+                self.record("emergency_credit_exhausted", AlertCode.EMERGENCY_CREDIT_EXHAUSTED)
+                self.alert(AlertCode.EMERGENCY_CREDIT_EXHAUSTED)
+            self.record("credit_exhausted", AlertCode.CREDIT_BELOW_DISABLEMENT, credit=round(c, 2))
+            self.alert(AlertCode.CREDIT_BELOW_DISABLEMENT, credit=round(c, 2))
+            self.apply(Trigger.CREDIT_EXHAUSTED, why="credit exhausted")
 
-    def _lift_credit_disablement(self, cause: str, alert: int = 0x8F32) -> None:
-        floor = -self.s.emergency_credit if self.ec_state == "in_use" else 0.0
-        if "credit" in self.disabled_by and self.credit > floor:
-            self.disabled_by.discard("credit")
-            if not self.disabled_by and self.supply == "disabled":
-                self._set_supply("armed", cause, arm_cause="credit")
-                self.raise_alert(alert)
+    def _lift_credit_disablement(self, why: str, cause: ArmCause = ArmCause.CREDIT) -> None:
+        if Party.CREDIT in self.machine.holders and self.credit > self._credit_floor():
+            self.apply(Trigger.CREDIT_RESTORED, why=why, cause=cause)
 
     def _activate_emergency_credit(self, via: str) -> tuple[bool, str]:
         self._integrate()
         if self.ec_state != "available":
             return False, f"emergency credit is {self.ec_state.replace('_', ' ')}"
         self.ec_state = "in_use"
-        self.record("emergency_credit_activated", 0x81AB, via=via)
-        self.raise_alert(0x81AB, via=via)
-        self._lift_credit_disablement("emergency credit activated", alert=0x8168)
+        self.record("emergency_credit_activated", AlertCode.EMERGENCY_CREDIT_ACTIVATED, via=via)
+        self.alert(AlertCode.EMERGENCY_CREDIT_ACTIVATED, via=via)
+        self._lift_credit_disablement("emergency credit activated", ArmCause.EMERGENCY_CREDIT)
         self._schedule_tick()
         self.publish()
         return True, "emergency credit in use"
@@ -414,36 +491,30 @@ class Esme(Twin):
             self.record("utrn_rejected", exc.alert, via=via, reason=str(exc))
             self.raise_alert(exc.alert, via=via)
             return zcl.TopUpResult.Rejected_Invalid_Top_Up, 0.0, str(exc)
-        if code in self.used_utrns and "utrn_reuse" not in self.faults:
-            self.record("utrn_rejected", 0x8F51, via=via, reason="duplicate UTRN")
-            self.raise_alert(0x8F51, via=via)
+        if code in self.used_utrns and not self.quirks.utrn_reuse:
+            self.record("utrn_rejected", AlertCode.DUPLICATE_UTRN, via=via, reason="duplicate UTRN")
+            self.alert(AlertCode.DUPLICATE_UTRN, via=via)
             return zcl.TopUpResult.Rejected_Duplicate_Top_Up, 0.0, "UTRN already used (SUP-5)"
         self.used_utrns.add(code)
         amount = pence / 100.0
         self.credit += amount
         self.total_credit_added += amount
-        self.record("credit_added", 0x810E, via=via, amount=amount, credit=round(self.credit, 2))
-        self.raise_alert(0x810E, amount=amount)
+        self.record("credit_added", AlertCode.CREDIT_ADDED_LOCALLY, via=via, amount=amount,
+                    credit=round(self.credit, 2))
+        self.alert(AlertCode.CREDIT_ADDED_LOCALLY, amount=amount)
         self._check_credit()
-        armed_before = self.supply == "armed"
+        armed_before = self.machine.state is Supply.ARMED
         self._lift_credit_disablement("top-up")
         self._schedule_tick()
         self.publish()
-        result = zcl.TopUpResult.Accepted_Supply_Armed if self.supply == "armed" and not armed_before \
+        result = zcl.TopUpResult.Accepted_Supply_Armed if self.machine.state is Supply.ARMED and not armed_before \
             else zcl.TopUpResult.Accepted
         return result, amount, "accepted"
 
     # ------------------------------------------------------------------ local enable (SUP-2, SUP-7)
     def _local_enable(self, via: str) -> tuple[bool, str]:
-        if self.supply == "enabled":
-            return False, "supply is already enabled"
-        if self.supply == "disabled" and "skips_arm" not in self.faults:
-            why = f"supply is disabled by {', '.join(sorted(self.disabled_by)) or 'a party'}, not armed"
-            self.record("local_enable_refused", via=via, reason=why)
-            return False, why
-        self.disabled_by.clear()
-        self._set_supply("enabled", f"local action ({via})")
-        return True, "supply enabled"
+        t = self.apply(Trigger.LOCAL_ENABLE, why=f"local action ({via})", via=via)
+        return t.closes, t.reason
 
     def _require_power(self) -> None:
         if not self.powered:
@@ -459,7 +530,8 @@ class Esme(Twin):
                 return {"display": self.display(), "prompt_until": self.prompt_until}
             if args.button == "emergency_credit":
                 ok, why = self._activate_emergency_credit("meter button")
-                self.raise_alert(0x8161 if ok else 0x8162, input="emergency_credit")
+                self.alert(AlertCode.UI_COMMAND_ACTIONED if ok else AlertCode.UI_COMMAND_NOT_ACTIONED,
+                           input="emergency_credit")
                 return {"actioned": ok, "reason": why, "display": self.display()}
             self.page = (self.page + 1) % 4
             self.publish()
@@ -480,17 +552,17 @@ class Esme(Twin):
                 return {"actioned": False, "reason": f"holding '{args.button}' does nothing", "supply": self.supply}
             if not prompt:
                 why = "hold without the enable prompt: press 'enable' first (SUP-7)"
-                self.record("local_enable_refused", via="meter button", reason=why)
-                self.raise_alert(0x8162, input="enable")
-                return {"actioned": False, "reason": why, "supply": self.supply}
-            if args.seconds < self.s.hold_time:
+            elif args.seconds < self.s.hold_time and not self.quirks.ignores_hold_time:
                 why = f"held {args.seconds:g} s, less than the {self.s.hold_time:g} s needed (SUP-7)"
+            else:
+                why = ""
+            if why:
                 self.record("local_enable_refused", via="meter button", reason=why)
-                self.raise_alert(0x8162, input="enable")
+                self.alert(AlertCode.UI_COMMAND_NOT_ACTIONED, input="enable")
                 return {"actioned": False, "reason": why, "supply": self.supply}
             self.prompt_until = float("-inf")
             ok, why = self._local_enable("meter button")
-            self.raise_alert(0x8161 if ok else 0x8162, input="enable")
+            self.alert(AlertCode.UI_COMMAND_ACTIONED if ok else AlertCode.UI_COMMAND_NOT_ACTIONED, input="enable")
             return {"actioned": ok, "reason": why, "supply": self.supply, "released": released}
 
     def _enter_utrn(self, args: UtrnArgs, _ctx: CommandContext) -> dict:
@@ -522,7 +594,7 @@ class Esme(Twin):
                 ("32.7.0", f"{self.physics.line_voltage() if self.powered else 0.0:05.1f}*V"),
                 ("31.7.0", f"{self.physics.load_current() if self.wired else 0.0:06.2f}*A"),
                 ("14.7.0", f"{self.physics.frequency():05.2f}*Hz"),
-                ("96.3.10", str({"disabled": 0, "enabled": 1, "armed": 2}[self.supply])),
+                ("96.3.10", str({Supply.DISABLED: 0, Supply.ENABLED: 1, Supply.ARMED: 2}[self.machine.state])),
                 ("C.51.0", f"{len(self.log)}"),
                 ("F.F", "00000000"),
             ]
@@ -558,9 +630,8 @@ class Esme(Twin):
             if who == "hub":
                 self._remote(frame, parsed)
             return
-        if parsed.cluster is zcl.Prepayment and who == "ppmid" or (
-                parsed.cluster is zcl.Prepayment and "accepts_unpaired_ppmid" in self.faults):
-            self._ppmid_command(frame, parsed, who)
+        if parsed.cluster is zcl.Prepayment and (who == "ppmid" or self.quirks.accepts_unpaired_ppmid):
+            self._ppmid_command(frame, parsed)
             return
         self._han_function_call(frame, parsed, who)
 
@@ -568,49 +639,60 @@ class Esme(Twin):
         """Writes and function calls from HAN devices (CAD, IHD, an unpaired
         PPMID) are refused: only the WAN may change a meter (HAN-6)."""
         what = f"{parsed.cluster.__name__}.{parsed.name}"
-        if "accepts_cad_command" in self.faults and parsed.cluster is zcl.Metering \
-                and parsed.name in ("local_change_supply", "change_supply"):
-            status = SUPPLY.get(int(parsed.args.get("proposed_supply_status", 0)), "disabled")
-            self.record("han_command_executed", source=frame.src, command=what)
-            self.disabled_by.clear()
-            self._set_supply(status, f"HAN command from {frame.src}")
-            self.radio.reply(frame, zcl.default_response(parsed.command_id, zcl.Status.SUCCESS, tsn=parsed.tsn))
+        if parsed.cluster is zcl.Metering and parsed.name in ("local_change_supply", "change_supply"):
+            proposed = Supply(int(parsed.args.get("proposed_supply_status", 0)))
+            t = self.apply(Trigger.HAN_COMMAND, why=f"HAN command from {frame.src}", proposed=proposed,
+                           source=frame.src)
+            if t.accepted:
+                self.record("han_command_executed", source=frame.src, command=what)
+                self.radio.reply(frame, zcl.default_response(parsed.command_id, zcl.Status.SUCCESS, tsn=parsed.tsn))
+                return
+            self.alert(AlertCode.UNAUTHORISED_ACCESS, source=frame.src, command=what)   # logged by apply()
+            reject(self.radio, frame, parsed)
             return
-        self.record("han_command_refused", 0x8F3E, source=frame.src, command=what,
+        elif parsed.general and parsed.name == "Write_Attributes" and parsed.cluster is zcl.LoadLimit \
+                and self.quirks.accepts_han_config_write:
+            self._write_load_limit(parsed.written(), f"HAN device {frame.src}")
+            self.radio.reply(frame, zcl.write_attributes_response(zcl.Status.SUCCESS, [], tsn=parsed.tsn))
+            return
+        self.record("han_command_refused", AlertCode.UNAUTHORISED_ACCESS, source=frame.src, command=what,
                     reason="HAN devices may read only (HAN-6)")
-        self.raise_alert(0x8F3E, source=frame.src, command=what)
+        self.alert(AlertCode.UNAUTHORISED_ACCESS, source=frame.src, command=what)
         reject(self.radio, frame, parsed)
 
-    def _ppmid_command(self, frame: HanFrame, parsed: zcl.Zcl, who: str) -> None:
+    def _stale(self, issued: float) -> str:
+        age = self.clock.now() - issued
+        window = self.freshness()
+        if age > window:
+            return f"PPMID command pressed {age:.0f} s ago, older than {window:g} s: not carried out (property 4)"
+        return ""
+
+    def _ppmid_command(self, frame: HanFrame, parsed: zcl.Zcl) -> None:
         now = self.clock.now()
-        if who != "ppmid" and "accepts_unpaired_ppmid" not in self.faults:
-            self._han_function_call(frame, parsed, who)
-            return
         if parsed.name == "change_supply":
             issued = zcl.from_utc(parsed.args["request_date_time"])
             proposed = int(parsed.args["proposed_supply_status"])
             ok, why = False, ""
-            if proposed != SUPPLY_CODE["enabled"]:
+            if proposed != Supply.ENABLED:
                 why = "a PPMID may only ask for the supply to be enabled"
-            elif now - issued > self.s.ppmid_command_ttl + 1.0 and "accepts_stale_ppmid" not in self.faults:
-                why = (f"PPMID command pressed {now - issued:.0f} s ago, older than "
-                       f"{self.s.ppmid_command_ttl:g} s: not carried out (property 4)")
             else:
-                ok, why = self._local_enable(f"PPMID {frame.src}")
+                why = self._stale(issued)
+                if not why:
+                    ok, why = self._local_enable(f"PPMID {frame.src}")
             self.record("ppmid_enable", source=frame.src, accepted=ok, reason=why, pressed=issued,
                         counter=frame.counter, replayed=frame.replayed)
-            self.raise_alert(0x8154 if ok else 0x8155, command="enable_supply", source=frame.src)
+            self.alert(AlertCode.HAN_COMMAND_ACTIONED if ok else AlertCode.HAN_COMMAND_NOT_ACTIONED,
+                       command="enable_supply", source=frame.src)
             self.radio.reply(frame, zcl.command(
                 zcl.Prepayment, "supply_status_response", tsn=parsed.tsn, provider_id=0,
-                implementation_date_time=zcl.to_utc(now), supply_status=SUPPLY_CODE[self.supply]))
+                implementation_date_time=zcl.to_utc(now), supply_status=int(self.machine.state)))
         elif parsed.name == "select_available_emergency_credit":
             issued = zcl.from_utc(parsed.args["command_issue_date_time"])
-            if now - issued > self.s.ppmid_command_ttl + 1.0 and "accepts_stale_ppmid" not in self.faults:
-                ok, why = False, "stale PPMID command (property 4)"
-            else:
-                ok, why = self._activate_emergency_credit(f"PPMID {frame.src}")
+            why = self._stale(issued)
+            ok, why = (False, why) if why else self._activate_emergency_credit(f"PPMID {frame.src}")
             self.record("ppmid_emergency_credit", source=frame.src, accepted=ok, reason=why)
-            self.raise_alert(0x8154 if ok else 0x8155, command="emergency_credit", source=frame.src)
+            self.alert(AlertCode.HAN_COMMAND_ACTIONED if ok else AlertCode.HAN_COMMAND_NOT_ACTIONED,
+                       command="emergency_credit", source=frame.src)
             self.radio.reply(frame, zcl.default_response(
                 parsed.command_id, zcl.Status.SUCCESS if ok else zcl.Status.FAILURE, tsn=parsed.tsn))
         elif parsed.name == "consumer_top_up":
@@ -621,7 +703,7 @@ class Esme(Twin):
                 top_up_value=int(round(amount * 100)), source_of_top_up=zcl.OriginatingDevice.In_Home_Display,
                 credit_remaining=int(round(self.credit * 100))))
         else:
-            self._han_function_call(frame, parsed, who)
+            self._han_function_call(frame, parsed, "ppmid")
 
     def _attributes(self, cluster) -> dict[str, Any]:
         if cluster is zcl.Metering:
@@ -635,7 +717,7 @@ class Esme(Twin):
             return {
                 "current_summ_delivered": int(self.energy_wh),
                 "instantaneous_demand": int(round(self._power)),
-                "supply_status": SUPPLY_CODE[self.supply],
+                "supply_status": int(self.machine.state),
                 "status": status,
                 "unit_of_measure": zcl.Metering.MeteringUnitofMeasure.Kwh_and_Kwh_binary,
                 "multiplier": 1,
@@ -654,13 +736,11 @@ class Esme(Twin):
                 status |= zcl.CreditStatus.Emergency_Credit_Available
             if self.ec_state == "in_use":
                 status |= zcl.CreditStatus.Emergency_Credit_In_Use | zcl.CreditStatus.Emergency_Credit_Selected
-            if self.ec_state == "exhausted" or "credit" in self.disabled_by:
+            if self.ec_state == "exhausted" or Party.CREDIT in self.machine.holders:
                 status |= zcl.CreditStatus.Credit_Exhausted
-            ec_left = self.s.emergency_credit + min(0.0, self.credit) if self.ec_state == "in_use" else \
-                (self.s.emergency_credit if self.ec_state == "available" else 0.0)
             return {
                 "credit_remaining": int(round(self.credit * 100)),
-                "emergency_credit_remaining": int(round(ec_left * 100)),
+                "emergency_credit_remaining": int(round(self._ec_remaining() * 100)),
                 "credit_status": status,
                 "credit_remaining_timestamp": zcl.to_utc(self.clock.now()),
                 "accumulated_debt": 0,
@@ -670,7 +750,7 @@ class Esme(Twin):
             }
         if cluster is zcl.LoadLimit:
             return {"threshold_w": int((self.load_limit_kw or 0) * 1000), "period_s": int(self.load_limit_period),
-                    "active": self.arm_cause == "load_limit"}
+                    "active": self.machine.arm_cause is ArmCause.LOAD_LIMIT}
         return {}
 
     # ------------------------------------------------------------------ remote commands (SUP-1, SEC-1)
@@ -698,21 +778,22 @@ class Esme(Twin):
 
     def _remote_checked(self, req: zcl.RemoteRequest, role: str) -> bytes:
         if not zcl.verify(req, zcl.role_key(self.lab_name, role)):
-            self.record("remote_refused", 0x8F3D, role=role, reason="signature check failed")
-            self.raise_alert(0x8F3D, role=role, request_id=int(req.request_id))
+            self.record("remote_refused", AlertCode.AUTHENTICATION_FAILURE, role=role,
+                        reason="signature check failed")
+            self.alert(AlertCode.AUTHENTICATION_FAILURE, role=role, request_id=int(req.request_id))
             raise Outcome("the command's signature does not verify: not carried out", "SEC-1",
                           zcl.Status.NOT_AUTHORIZED)
         if str(req.target) != self.cfg.id:
             raise Outcome(f"command addressed to {req.target}, not to this meter ({self.cfg.id})", "SUP-10")
-        if str(req.premises) != self.s.premises_id and "ignores_premises" not in self.faults:
-            self.record("remote_refused", 0x8F53, role=role, reason="premises mismatch",
+        if str(req.premises) != self.s.premises_id and not self.quirks.ignores_premises:
+            self.record("remote_refused", AlertCode.FAILED_AUTHORISATION, role=role, reason="premises mismatch",
                         premises=str(req.premises))
-            self.raise_alert(0x8F53, role=role, premises=str(req.premises))
+            self.alert(AlertCode.FAILED_AUTHORISATION, role=role, premises=str(req.premises))
             raise Outcome(f"command for premises {req.premises} but this meter serves {self.s.premises_id}",
                           "SUP-10", zcl.Status.NOT_AUTHORIZED)
         if int(req.request_id) in self.requests_seen:
-            self.record("remote_refused", 0x8F3E, role=role, reason="duplicate request id")
-            self.raise_alert(0x8F3E, role=role, request_id=int(req.request_id))
+            self.record("remote_refused", AlertCode.UNAUTHORISED_ACCESS, role=role, reason="duplicate request id")
+            self.alert(AlertCode.UNAUTHORISED_ACCESS, role=role, request_id=int(req.request_id))
             raise Outcome(f"request {req.request_id} was already carried out: a replay is refused", "SEC-1",
                           zcl.Status.NOT_AUTHORIZED)
         self.requests_seen.add(int(req.request_id))
@@ -723,8 +804,8 @@ class Esme(Twin):
             raise Outcome(f"inner command not understood: {exc}") from None
         allowed = AUTHORITY.get((cluster.__name__, cmd.name), set())
         if role not in allowed:
-            self.record("remote_refused", 0x8F30, role=role, command=f"{cluster.__name__}.{cmd.name}")
-            self.raise_alert(0x8F30, role=role, command=f"{cluster.__name__}.{cmd.name}")
+            self.record("remote_refused", AlertCode.NO_AUTHORITY, role=role, command=f"{cluster.__name__}.{cmd.name}")
+            self.alert(AlertCode.NO_AUTHORITY, role=role, command=f"{cluster.__name__}.{cmd.name}")
             raise Outcome(f"a {role} may not send {cluster.__name__}.{cmd.name} "
                           f"(allowed: {', '.join(sorted(allowed)) or 'nobody over the WAN'})", "SEC-4",
                           zcl.Status.NOT_AUTHORIZED)
@@ -733,13 +814,14 @@ class Esme(Twin):
         if cmd.name == "Read_Attributes":
             return zcl.read_attributes_response(cluster, cmd.requested(), self._attributes(cluster), tsn=cmd.tsn)
         if cluster is zcl.Metering and cmd.name == "change_supply":
-            target = SUPPLY.get(int(cmd.args["proposed_supply_status"]))
-            {"disabled": self._remote_disable, "armed": self._remote_arm,
-             "enabled": self._remote_enable}[target](role)
+            target = Supply(int(cmd.args["proposed_supply_status"]))
+            t = self.apply(REMOTE_TRIGGERS[target], Party(role), why=f"remote {target} ({role})", role=role)
+            if not t.accepted:
+                raise Outcome(t.reason, t.requirement)
             return zcl.command(zcl.Metering, "supply_status_response", tsn=cmd.tsn, provider_id=0,
                                issuer_event_id=int(cmd.args["issuer_event_id"]),
                                implementation_date_time=zcl.to_utc(self.clock.now()),
-                               supply_status=SUPPLY_CODE[self.supply])
+                               supply_status=int(self.machine.state))
         if cluster is zcl.Prepayment and cmd.name == "credit_adjustment":
             value = int(cmd.args["credit_adjustment_value"]) / 100.0
             if int(cmd.args["credit_adjustment_type"]) == zcl.CreditAdjustmentType.Absolute:
@@ -757,87 +839,42 @@ class Esme(Twin):
                 raise Outcome(why)
             return zcl.default_response(cmd.command_id, zcl.Status.SUCCESS, tsn=cmd.tsn)
         if cluster is zcl.LoadLimit and cmd.name == "Write_Attributes":
-            written = cmd.written()
-            if 0x0000 in written:
-                self.load_limit_kw = (int(written[0x0000]) / 1000.0) or None
-            if 0x0001 in written:
-                self.load_limit_period = float(written[0x0001]) or self.load_limit_period
-            self.record("load_limit_set", role=role, threshold_kw=self.load_limit_kw, period=self.load_limit_period)
-            self._check_load_limit()
+            self._write_load_limit(cmd.written(), role)
             return zcl.write_attributes_response(zcl.Status.SUCCESS, [], tsn=cmd.tsn)
         raise Outcome(f"{cluster.__name__}.{cmd.name} is not supported over the WAN")
 
-    def _remote_disable(self, role: str) -> None:
-        self.disabled_by.add(role)
-        if self.supply == "disabled":
-            self.record("supply_disable", role=role, disabled_by=sorted(self.disabled_by), note="already disabled")
-            return
-        self._set_supply("disabled", f"remote disable ({role})")
-
-    def _remote_arm(self, role: str) -> None:
-        if self.supply == "enabled":
-            self.record("remote_arm_refused", role=role, reason="supply is enabled")
-            raise Outcome("supply is enabled: there is nothing to arm (disable it first)", "SUP-1")
-        if self.supply == "armed":
-            return
-        self._lift(role)
-        if self.disabled_by:
-            why = f"supply stays disabled: still disabled by {', '.join(sorted(self.disabled_by))}"
-            self.record("remote_arm_refused", role=role, reason=why, disabled_by=sorted(self.disabled_by))
-            raise Outcome(why + " (SUP-6)", "SUP-6")
-        self._set_supply("armed", f"remote arm ({role})", arm_cause="remote")
-        self.raise_alert(0x8F32, role=role)
-
-    def _remote_enable(self, role: str) -> None:
-        if self.supply == "enabled":
-            return
-        if self.supply == "armed" and "closes_on_remote_enable_when_armed" not in self.faults:
-            why = "supply is armed: only a local action (meter button or paired PPMID) may enable it"
-            self.record("remote_enable_refused", role=role, reason=why, requirement="SUP-2")
-            raise Outcome(why, "SUP-2")
-        if self.supply == "disabled" and self.s.remote_enable == "never":
-            why = "the lab's policy (remote_enable: never) forbids enabling this meter remotely"
-            self.record("remote_enable_refused", role=role, reason=why, requirement="SUP-2")
-            raise Outcome(why, "SUP-2")
-        self._lift(role)
-        if self.disabled_by and self.supply == "disabled":
-            why = f"supply stays disabled: still disabled by {', '.join(sorted(self.disabled_by))}"
-            self.record("remote_enable_refused", role=role, reason=why, requirement="SUP-6")
-            raise Outcome(why + " (SUP-6)", "SUP-6")
-        self.disabled_by.clear()
-        self._set_supply("enabled", f"remote enable ({role})")
-
-    def _lift(self, role: str) -> None:
-        if "dno_overridden_by_supplier" in self.faults and role == "supplier":
-            self.disabled_by -= {"dno", "supplier"}
-        else:
-            self.disabled_by.discard(role)
+    def _write_load_limit(self, written: dict[int, Any], who: str) -> None:
+        if 0x0000 in written:
+            self.load_limit_kw = (int(written[0x0000]) / 1000.0) or None
+        if 0x0001 in written:
+            self.load_limit_period = float(written[0x0001]) or self.load_limit_period
+        self.record("load_limit_set", by=who, threshold_kw=self.load_limit_kw, period=self.load_limit_period)
+        self._check_load_limit()
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
         v = self.physics.line_voltage()
         i = self.physics.load_current() if self.wired else 0.0
         p = self.physics.load_power() if self.wired else 0.0
-        ec_left = self.s.emergency_credit + min(0.0, self.credit) if self.ec_state == "in_use" else \
-            (self.s.emergency_credit if self.ec_state == "available" else 0.0)
         return {
             "summary": f"{self.supply}, contactor {'closed' if self.reported_closed else 'open'}, "
                        f"GBP {self.credit:.2f}" + ("" if self.powered else ", NO SUPPLY"),
             "supply": self.supply,
             "contactor": "closed" if self.reported_closed else "open",
             "disabled_by": sorted(self.disabled_by),
-            "arm_cause": self.arm_cause,
+            "arm_cause": str(self.machine.arm_cause) if self.machine.arm_cause else None,
             "powered": self.powered,
             "premises_id": self.s.premises_id,
             "paired_ppmid": self.paired_ppmid,
             "metrology": {"voltage": round(v, 2), "current": round(i, 3), "power": round(p, 1),
                           "frequency": self.physics.frequency(), "energy_kwh": round(self.energy_wh / 1000, 6)},
             "prepayment": {"credit": round(self.credit, 4), "low_credit": self.low_credit,
-                           "emergency_credit": {"state": self.ec_state, "remaining": round(ec_left, 2),
+                           "emergency_credit": {"state": self.ec_state, "remaining": round(self._ec_remaining(), 2),
                                                 "limit": self.s.emergency_credit},
                            "total_credit_added": round(self.total_credit_added, 2), "tariff": self.s.tariff},
             "load_limit": {"threshold_kw": self.load_limit_kw, "period": self.load_limit_period,
-                           "over_since": self._over_since, "tripped": self.arm_cause == "load_limit"},
+                           "over_since": self._over_since,
+                           "tripped": self.machine.arm_cause is ArmCause.LOAD_LIMIT},
             "power_quality": self.power_quality,
             "outage": {"since": self.outage_start} if self.outage_start is not None else None,
             "last_outage": self.last_outage,

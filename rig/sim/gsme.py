@@ -51,6 +51,7 @@ class Gsme(Twin):
         super().__init__(world, han, name, cfg)
         hub = next((d for d in world.cfg.devices.values() if d.kind == "comms_hub"), None)
         self.period = hub.settings.gas_mirror_period if hub is not None else 1800.0
+        self.misses_mirror_sync = "misses_mirror_sync" in self.faults   # the one fault profile, read once
         self.capacity = cfg.settings.battery_mah
         self.charge = self.capacity
         self.volume_l = 0.0
@@ -96,7 +97,7 @@ class Gsme(Twin):
             if self.battery_fraction() < LOW_BATTERY and not self.low_battery:
                 self.low_battery = True
                 self.raise_alert(0x8F1F, battery=round(self.battery_fraction(), 3))
-            if "misses_mirror_sync" in self.faults and self.wakes % 2 == 0:
+            if self.misses_mirror_sync and self.wakes % 2 == 0:
                 return
             parent = self.radio.parent()
             if parent is None:

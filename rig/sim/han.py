@@ -24,10 +24,15 @@ retries), acknowledged by the peer's MAC but not passed to its application,
 drawn from their own random stream so that testing a link does not change
 the outcomes of the devices' own traffic.
 
-Frames carry real ZCL payloads (:mod:`rig.sim.zcl`) and the APS security
-frame counter of their originator, which receivers use to drop replays.
-A sniffer keeps the last frame of every pair, so the medium can replay one
-(the replay attack of safety property 4).
+Frames carry real ZCL payloads (:mod:`rig.sim.zcl`), the APS security
+frame counter of their originator, which receivers use to drop replays, and
+whether their security check passes (``authentic``).  The medium is also
+the rig's HAN tap, what a sniffer and an attacker's radio on the premises
+would be (safety property 4): a journal of every application frame on its
+first hop (:attr:`HanMedium.journal`), and an injector that replays a
+recorded frame unchanged, holds the next frame of a kind back and releases
+it late (a jammer with a recorder, or a slow network), or sends a forged
+one (right format, wrong key).
 
 Not modelled: collisions between simultaneous frames (one bench's traffic
 is light), interference, frequency agility.
@@ -67,6 +72,8 @@ CHILD_TIMEOUT = (LINK_DOWN_AFTER + 1) * POLL_PERIOD
 PER_WINDOW = 32
 #: frames a sniffer keeps per pair of devices
 CAPTURE_DEPTH = 32
+#: application frames the sniffer's journal keeps (first hop of each)
+JOURNAL_DEPTH = 20000
 #: PSDU octets of a MAC data request (poll)
 POLL_PSDU_OCTETS = 18
 CCA_SYMBOLS = 8
@@ -184,10 +191,44 @@ class HanFrame:
     lqi: int | None = None
     hops: list[str] = field(default_factory=list)
     replayed: bool = False
+    #: False: the frame's APS security check fails (a forger without the link key built it)
+    authentic: bool = True
+    #: how the rig's HAN injector put it on the air: "", "replayed", "delayed", "forged"
+    injected: str = ""
 
     def copy(self) -> "HanFrame":
         return HanFrame(self.src, self.dst, self.cluster_id, self.zcl, self.counter, self.created,
-                        self.src_eui, self.kind, self.band, self.rssi, self.lqi, list(self.hops), self.replayed)
+                        self.src_eui, self.kind, self.band, self.rssi, self.lqi, list(self.hops), self.replayed,
+                        self.authentic, self.injected)
+
+
+@dataclass
+class Hold:
+    """A one-shot interception armed on the medium: the next data frame from
+    ``src`` to ``dst`` (of that cluster and command) is kept off the air at
+    its first hop, and so is every later frame between the two, as a jammer
+    with a recorder (or a slow network) would; ``seconds`` later they go on
+    unchanged, that frame first, the rest in their order, so the receiver's
+    frame counters do not give the delay away."""
+
+    src: str
+    dst: str
+    cluster: int | None
+    command: int | None
+    seconds: float
+    armed: float
+    #: lab time after which a hold that has caught nothing lapses
+    lapses: float = float("inf")
+    caught: HanFrame | None = None
+    released: float | None = None
+    behind: list[HanFrame] = field(default_factory=list)
+
+
+def frame_matches(f: HanFrame, cluster: int | None, command: int | None) -> bool:
+    """Is ``f`` of that cluster and (cluster-specific) command id?"""
+    if cluster is not None and f.cluster_id != cluster:
+        return False
+    return command is None or (len(f.zcl) >= 3 and (f.zcl[0] & 0x03) == 1 and f.zcl[2] == command)
 
 
 @dataclass
@@ -266,6 +307,9 @@ class HanMedium:
         self.radios: dict[str, "HanRadio"] = {}
         self._rngs: dict[tuple[str, str, str, str], random.Random] = {}
         self.captured: dict[tuple[str, str], deque] = {}
+        #: every application frame as the sniffer saw it on its first hop, oldest first
+        self.journal: deque = deque(maxlen=JOURNAL_DEPTH)
+        self.holds: list[Hold] = []
         self.stats: dict[str, dict[str, float]] = {
             b: {"frames": 0, "delivered": 0, "lost": 0, "attempts": 0, "retries": 0, "air_time": 0.0}
             for b in han.bands
@@ -318,6 +362,9 @@ class HanMedium:
         and 0 when no ACK came).  Test frames (``kind="test"``) draw from
         their own random stream and leave the sender's link state alone."""
         receiver = self.radios.get(receiver_name)
+        first_hop = frame.kind == "data" and sender.name == frame.src
+        if first_hop and self._intercept(sender, receiver_name, band, frame, done):
+            return
         bm = self.han.bands[band]
         budget = self.budget(sender.name, receiver_name, band)
         test = frame.kind == "test"
@@ -373,8 +420,13 @@ class HanMedium:
             st["lost"] += 1
         if not test:
             sender.record_frame(receiver_name, band, acked)
-        if frame.kind == "data" and not frame.replayed:
+        if frame.kind == "data" and not frame.injected:
             self.captured.setdefault((frame.src, frame.dst), deque(maxlen=CAPTURE_DEPTH)).append(frame)
+        if first_hop:
+            self.journal.append({"ts": self.clock.now(), "src": frame.src, "dst": frame.dst, "hop": receiver_name,
+                                 "cluster": frame.cluster_id, "zcl": frame.zcl, "counter": frame.counter,
+                                 "created": frame.created, "band": band, "delivered": delivered,
+                                 "injected": frame.injected, "authentic": frame.authentic})
         for fn in self.listeners:
             try:
                 fn("hop", frame, {"from": sender.name, "to": receiver_name, "band": band, "delivered": delivered,
@@ -388,23 +440,69 @@ class HanMedium:
             self.loop.call_later(t, on_ack, acked, budget.rssi if acked else None,
                                  budget.lqi(prop.ACK_PSDU_OCTETS) if acked else 0)
 
+    # -- the rig's HAN injector: replay, delay, forge ---------------------------------
+    def recorded(self, src: str, dst: str, cluster: int | None = None, command: int | None = None) -> HanFrame | None:
+        """The last frame recorded on the air from ``src`` to ``dst`` (of that cluster and command)."""
+        return next((f for f in reversed(self.captured.get((src, dst), ())) if frame_matches(f, cluster, command)),
+                    None)
+
+    def inject(self, frame: HanFrame, how: str) -> HanFrame | None:
+        """Put ``frame`` on the air from where its originator sits, marked as the injector's (``how``)."""
+        radio = self.radios.get(frame.src)
+        if radio is None:
+            return None
+        copy = frame.copy()
+        copy.injected, copy.replayed = how, how == "replayed"
+        copy.band, copy.rssi, copy.lqi, copy.hops = None, None, None, []
+        self.loop.call_soon(radio.forward, copy, None, True)
+        return copy
+
     def replay(self, src: str, dst: str, cluster: int | None = None, command: int | None = None) -> HanFrame | None:
         """Re-send the last frame recorded from ``src`` to ``dst`` (of that
         cluster, and cluster-specific command id), unchanged (same frame
         counter), as an attacker with a recorder would."""
-        def wanted(f: HanFrame) -> bool:
-            if cluster is not None and f.cluster_id != cluster:
-                return False
-            return command is None or (len(f.zcl) >= 3 and (f.zcl[0] & 0x03) == 1 and f.zcl[2] == command)
+        frame = self.recorded(src, dst, cluster, command)
+        return self.inject(frame, "replayed") if frame is not None else None
 
-        frame = next((f for f in reversed(self.captured.get((src, dst), ())) if wanted(f)), None)
-        radio = self.radios.get(src)
-        if frame is None or radio is None:
-            return None
-        copy = frame.copy()
-        copy.replayed = True
-        self.loop.call_soon(radio.forward, copy)
-        return copy
+    def hold_next(self, src: str, dst: str, cluster: int | None, command: int | None, seconds: float,
+                  within: float = 60.0) -> Hold:
+        """Arm a :class:`Hold`: the next such frame (if one comes within ``within``
+        lab seconds) reaches its destination ``seconds`` late."""
+        now = self.clock.now()
+        hold = Hold(src, dst, cluster, command, seconds, now, lapses=now + within)
+        self.holds.append(hold)
+        return hold
+
+    def _intercept(self, sender: "HanRadio", receiver: str, band: str, frame: HanFrame,
+                   done: Callable[[bool], None] | None) -> bool:
+        if frame.injected or not self.holds:
+            return False
+        now = self.clock.now()
+        self.holds = [h for h in self.holds if h.caught is not None or h.lapses >= now]
+        hold = next((h for h in self.holds if h.released is None and h.src == frame.src and h.dst == frame.dst
+                     and (h.caught is not None or frame_matches(frame, h.cluster, h.command))), None)
+        if hold is None:
+            return False
+        if hold.caught is None:
+            hold.caught = frame
+            self.loop.call_later(hold.seconds, self._release, hold)
+        else:
+            hold.behind.append(frame)
+        self.journal.append({"ts": self.clock.now(), "src": frame.src, "dst": frame.dst, "hop": receiver,
+                             "cluster": frame.cluster_id, "zcl": frame.zcl, "counter": frame.counter,
+                             "created": frame.created, "band": None,
+                             "delivered": False, "injected": "held", "authentic": frame.authentic})
+        sender.record_frame(receiver, band, False)     # jammed: the sender's MAC saw no ACK
+        if done is not None:
+            self.loop.call_soon(done, False)
+        return True
+
+    def _release(self, hold: Hold) -> None:
+        hold.released = self.clock.now()
+        self.holds.remove(hold)
+        for frame in [hold.caught, *hold.behind]:
+            if frame is not None:
+                self.inject(frame, "delayed")
 
     def links(self) -> dict[str, dict[str, Any]]:
         """The current link budget of every joined pair, for the HAN node's state."""
@@ -455,6 +553,10 @@ class HanRadio:
         self.on_link_change: Callable[[LinkState], None] | None = None
         self.forward_filter: Callable[[HanFrame], bool] | None = None
         self.accept_replays = False
+        self.accept_forged = False
+        self.forged_dropped = 0
+        #: send to a peer directly instead of through the coordinator (a fault profile)
+        self.direct = False
         self.links: dict[tuple[str, str], LinkState] = {}
         self._counter = 0
         self._tsn = 0
@@ -486,6 +588,11 @@ class HanRadio:
         with self._lock:
             self._counter += 1
             return self._counter
+
+    def forget_counters(self) -> None:
+        """Lose the table of frame counters seen (a device that kept it in RAM, on a reboot)."""
+        with self._lock:
+            self._counters_seen.clear()
 
     # -- link state -------------------------------------------------------------
     def link(self, peer: str, band: str) -> LinkState:
@@ -604,7 +711,7 @@ class HanRadio:
             if done is not None:
                 done(False)
             return
-        if frame.dst in self.medium.radios and (self.coordinator or frame.dst == self.parent()):
+        if frame.dst in self.medium.radios and (self.coordinator or self.direct or frame.dst == self.parent()):
             nxt = frame.dst
         else:
             nxt = self.parent()
@@ -682,6 +789,10 @@ class HanRadio:
             if self.coordinator:
                 if self.forward_filter is None or self.forward_filter(frame):
                     self.forward(frame)
+            return
+        if not frame.authentic and not self.accept_forged:
+            self.forged_dropped += 1
+            log.info("%s dropped a frame claiming to be from %s: its security check fails", self.name, frame.src)
             return
         last = self._counters_seen.get(frame.src, 0)
         if frame.counter <= last and not self.accept_replays:

@@ -3,23 +3,35 @@
 Every ``settings.refresh_period`` lab seconds it reads the electricity
 meter (power now, energy register, supply state, credit) and the gas
 meter's mirror on the comms hub (HAN-7: never the sleeping gas meter
-itself), and shows them.  It is a read-only device: the meter refuses any
-write or function call from it (HAN-6).  Bus op ``press("display")`` turns
-the page.
+itself), and shows them.  It is a read-only device: it sends no write or
+function call, and the meter refuses any from it (HAN-6).  Bus op
+``press("display")`` turns the page.  Fault ``writes_configuration``: at
+each refresh it also writes the meter's load-limit threshold (a consumer
+access device that changes configuration); ``speaks_proprietary``: it also
+sends a frame that is not ZCL (HAN-1).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from ..bus import CommandContext
 from . import zcl
-from .devices import Twin
+from .devices import FaultFlags, Twin
 
 RESPONSE_TIMEOUT = 10.0
 SUPPLY = {0: "disabled", 1: "armed", 2: "enabled"}
+
+
+@dataclass(frozen=True)
+class Quirks(FaultFlags):
+    """The display's fault profiles, read once from lab.yaml."""
+
+    writes_configuration: bool = False
+    speaks_proprietary: bool = False
 
 
 class PressArgs(BaseModel):
@@ -35,6 +47,7 @@ class Ihd(Twin):
         self.meter = next((n for n, d in bench.devices.items() if d.kind == "esme"), None)
         self.hub = next((n for n, d in bench.devices.items() if d.kind == "comms_hub"), None)
         self.period = cfg.settings.refresh_period
+        self.quirks = Quirks.of(self.faults)
         self.shown: dict[str, Any] = {}
         self.updated: float | None = None
         self.signal = False
@@ -67,6 +80,13 @@ class Ihd(Twin):
                     "supply": SUPPLY.get(int(m.get("supply_status", 2))),
                     "credit": int(p.get("credit_remaining", 0)) / 100.0,
                 }
+        if self.meter and ok and self.quirks.writes_configuration:
+            tsn = self.radio.next_tsn()
+            self.radio.request(self.meter, zcl.LoadLimit.cluster_id,
+                               zcl.write_attributes(zcl.LoadLimit, {"threshold_w": 20000}, tsn=tsn), tsn,
+                               RESPONSE_TIMEOUT)
+        if self.meter and ok and self.quirks.speaks_proprietary:
+            self.radio.send(self.meter, 0xFC01, b"\x55\xaa" + bytes(8))   # not a ZCL frame
         if self.hub and ok:
             g = self._read(self.hub, zcl.Metering, ["current_summ_delivered", "remaining_battery_life"])
             if g is None:

@@ -91,6 +91,7 @@ class PhysicalBench:
         self._dip_timer: Timer | None = None
         self.energy_wh = 0.0           # load-side energy, integrated on every change
         self._energy_ts = clock.now()
+        self._at = threading.local()
 
     # ------------------------------------------------------------------ listeners
     def listen(self, fn: Listener) -> None:
@@ -103,14 +104,27 @@ class PhysicalBench:
             except Exception:  # noqa: BLE001 - one part's bug must not stop the physics
                 log.exception("physics listener failed")
 
-    def _mutate(self, what: str, fn: Callable[[_State], None]) -> None:
+    def _mutate(self, what: str, fn: Callable[[_State], None], at: float | None = None) -> None:
         with self._lock:
             self._integrate()
             before = self._snapshot()
             fn(self._s)
             after = self._snapshot()
         changed = {k for k in after if after[k] != before[k]} | {what}
-        self._changed(changed)
+        outer = getattr(self._at, "value", None)
+        self._at.value = at          # per thread: listeners run on the thread that made the change
+        try:
+            self._changed(changed)
+        finally:
+            self._at.value = outer
+
+    def event_time(self) -> float:
+        """For a listener: the lab time the change being told happened.  A relay
+        switches on the wires the instant the agent switches it; the simulation
+        hears of it a bus hop later, and at a fast clock that hop is lab
+        seconds, so a change carries the agent's own time stamp."""
+        at = getattr(self._at, "value", None)
+        return at if at is not None else self.clock.now()
 
     def _snapshot(self) -> dict[str, float | bool]:
         return {"line_voltage": round(self.line_voltage(), 6), "load_voltage": round(self.load_voltage(), 6),
@@ -139,8 +153,9 @@ class PhysicalBench:
                 s.source.frequency = frequency
         self._mutate("source", f)
 
-    def set_mains_relay(self, closed: bool) -> None:
-        self._mutate("mains_relay", lambda s: setattr(s, "mains_relay", closed))
+    def set_mains_relay(self, closed: bool, at: float | None = None) -> None:
+        """Open or close the mains relay; ``at``: the lab time it switched (default now)."""
+        self._mutate("mains_relay", lambda s: setattr(s, "mains_relay", closed), at)
 
     def set_contactor(self, closed: bool) -> None:
         self._mutate("contactor", lambda s: setattr(s, "contactor", closed))

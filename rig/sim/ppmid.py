@@ -3,19 +3,30 @@
 Buttons (bus ops of the device node)::
 
     press("enable")                 the enable prompt shows
-    hold("enable", 2.5)             held >= the meter's hold_time while the
+    hold("enable", 2.5)             held >= its own hold_time while the
                                     prompt shows: send "enable supply"
     press("emergency_credit")       ask the meter for emergency credit
     press("utrn", code="0100...")   send a top-up code the consumer typed
     press("display")                next display page
 
 Each command goes to the paired ESME through the hub as a Prepayment cluster
-frame stamped with the moment of the press (``request_date_time``), and the
-reply says whether it was delivered and what the meter answered.  When the
-HAN link is down the command fails and the display says so: a correct PPMID
-never keeps a press to send later (safety property 4).  Fault
-``queues_presses``: it does, and sends the queued command when the link
-returns.
+frame stamped with the moment of the press (``request_date_time``; for the
+enable, the moment the hold ends), sent once, at once, and the reply says
+whether it was delivered and what the meter answered.  When the HAN link is
+down or the meter does not answer, the command fails and the display says
+so: a correct PPMID never keeps a press to send later, and never sends an
+enable nobody held (SUP-7, safety property 4).
+
+Fault profiles (read once, :class:`Quirks`): ``queues_presses`` (keeps a
+press made with the link down and sends it, with its original time, when
+the link returns), ``queues_presses_across_outage`` (keeps a press the
+meter did not answer, e.g. while it had no mains, and sends it re-stamped
+when the meter answers again), ``enables_without_hold`` (a press of enable
+sends it), ``auto_enables_when_armed`` (sends enable by itself when its
+display shows the supply armed), ``slow_to_send`` (sends the enable
+:data:`SLOW_SEND` lab seconds after the hold, with the hold's time),
+``talks_past_the_hub`` (sends to the meter directly, not through the
+coordinator: HAN-2).
 
 The display mirrors the meter's prepayment items (credit, emergency credit,
 low credit, supply state), read from the meter every
@@ -25,22 +36,38 @@ low credit, supply state), read from the meter every
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from ..bus import CommandContext, Refused
 from . import zcl
-from .devices import Twin
+from .devices import FaultFlags, Twin
 from .han import HanFrame
 
 log = logging.getLogger(__name__)
 
 REFRESH_PERIOD = 10.0
 PROMPT_SECONDS = 30.0
+#: slow_to_send: lab seconds between the end of the hold and the enable going out
+SLOW_SEND = 8.0
 #: lab seconds the PPMID waits for the meter's answer
 RESPONSE_TIMEOUT = 10.0
 SUPPLY = {0: "disabled", 1: "armed", 2: "enabled"}
+
+
+@dataclass(frozen=True)
+class Quirks(FaultFlags):
+    """The PPMID's fault profiles, read once from lab.yaml."""
+
+    queues_presses: bool = False
+    queues_presses_across_outage: bool = False
+    enables_without_hold: bool = False
+    auto_enables_when_armed: bool = False
+    slow_to_send: bool = False
+    talks_past_the_hub: bool = False
+
 
 
 class PressArgs(BaseModel):
@@ -61,8 +88,10 @@ class Ppmid(Twin):
         bench = world.cfg
         self.meter = cfg.settings.paired_meter or next(
             (n for n, d in bench.devices.items() if d.kind == "esme"), None)
-        meter_cfg = bench.devices.get(self.meter) if self.meter else None
-        self.hold_time = meter_cfg.settings.hold_time if meter_cfg is not None else 2.0
+        self.hold_time = cfg.settings.hold_time
+        self.quirks = Quirks.of(self.faults)
+        self.radio.direct = self.quirks.talks_past_the_hub
+        self._auto_sent_for: float | None = None
         self.prompt_until = float("-inf")
         self.page = 0
         self.mirror: dict[str, Any] = {}
@@ -113,20 +142,31 @@ class Ppmid(Twin):
             }
             self.updated = self.clock.now()
             self.signal = True
+            kept = [c for c in self.queue if c.get("restamp")]
         self.publish()
+        if kept:
+            self._flush_queue(restamped_only=True)   # fault queues_presses_across_outage: the meter answers again
+        if self.quirks.auto_enables_when_armed and self.mirror.get("supply") == "armed" \
+                and self._auto_sent_for is None:
+            self._auto_sent_for = self.clock.now()
+            self._send("enable", self.clock.now())   # fault: nobody pressed anything
+        elif self.mirror.get("supply") != "armed":
+            self._auto_sent_for = None
         return True
 
     def _link_changed(self, _link) -> None:
         up = any(self.radio.link(self.radio.parent(), b).up for b in self.radio.bands) if self.radio.parent() else False
-        if up and self.queue:
+        if up and any(not c.get("restamp") for c in self.queue):
             self.background(self._flush_queue)   # fault queues_presses: the kept press goes now
         self.publish()
 
-    def _flush_queue(self) -> None:
+    def _flush_queue(self, restamped_only: bool = False) -> None:
         with self.lock:
-            queued, self.queue = self.queue, []
+            queued = [c for c in self.queue if c.get("restamp") or not restamped_only]
+            self.queue = [c for c in self.queue if c not in queued]
         for cmd in queued:
-            self._send(cmd["what"], cmd["pressed"], cmd.get("code"), queued=True)
+            pressed = self.clock.now() if cmd.get("restamp") else cmd["pressed"]
+            self._send(cmd["what"], pressed, cmd.get("code"), queued=True)
 
     # ------------------------------------------------------------------ buttons
     def _press(self, args: PressArgs, _ctx: CommandContext) -> dict:
@@ -136,6 +176,8 @@ class Ppmid(Twin):
                 self.prompt_until = now + PROMPT_SECONDS
                 self.message = f"HOLD TO ENABLE SUPPLY ({self.hold_time:g} s)"
             self.publish()
+            if self.quirks.enables_without_hold:
+                return self._send("enable", now)   # fault: the press alone sends it
             return {"display": self.message, "prompt_until": self.prompt_until}
         if args.button == "display":
             with self.lock:
@@ -161,7 +203,10 @@ class Ppmid(Twin):
             return {"sent": False, "reason": f"held {args.seconds:g} s, less than {self.hold_time:g} s (SUP-7)"}
         with self.lock:
             self.prompt_until = float("-inf")
-        return self._send("enable", self.clock.now())
+        released = self.clock.now()
+        if self.quirks.slow_to_send:
+            self.clock.sleep(SLOW_SEND)
+        return self._send("enable", released)
 
     # ------------------------------------------------------------------ commands to the meter
     def _frame(self, what: str, pressed: float, code: str | None, tsn: int) -> tuple[int, bytes]:
@@ -190,8 +235,9 @@ class Ppmid(Twin):
             result.update(accepted=False, reason="no answer from the meter: HAN link down?")
             with self.lock:
                 self.message = "COMMAND FAILED - NO SIGNAL"
-                if "queues_presses" in self.faults and not queued:
-                    self.queue.append({"what": what, "pressed": pressed, "code": code})
+                if (self.quirks.queues_presses or self.quirks.queues_presses_across_outage) and not queued:
+                    self.queue.append({"what": what, "pressed": pressed, "code": code,
+                                       "restamp": self.quirks.queues_presses_across_outage})
                     result["kept_for_later"] = True
         else:
             result.update(self._answer(what, answer))

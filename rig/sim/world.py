@@ -33,11 +33,16 @@ from .physics import PhysicalBench
 
 log = logging.getLogger(__name__)
 
+#: wall seconds a relay's switching may take to reach the simulation and still be dated by the agent's stamp
+MAX_HOP = 2.0
+
 
 class World:
     """The simulated parts of one bench, coupled through one physical model."""
 
     def __init__(self, lab: LabConfig, bench: str, endpoint: Endpoint, clock: LabClock):
+        # every bus of the world (devices, DCC, HAN) logs in as the bench's simulated world
+        endpoint = endpoint.for_role("sim", bench)
         self.lab, self.bench_name, self.endpoint, self.clock = lab, bench, endpoint, clock
         self.cfg = lab.bench(bench)
         self.node = sim_node(bench)
@@ -70,7 +75,7 @@ class World:
         def on_relay(_topic: str, payload: Any) -> None:
             if isinstance(payload, dict) and payload.get("state") in ("on", "off"):
                 self._relay_state[relay] = payload["state"] == "on"
-                self._apply_mains()
+                self._apply_mains(payload.get("changed"))
 
         def on_agent(_topic: str, payload: Any) -> None:
             online = bool(isinstance(payload, dict) and payload.get("online"))
@@ -102,14 +107,22 @@ class World:
             except Exception:  # noqa: BLE001 - the fail-safe model must not die
                 log.exception("watching the agent of %s", self.bench_name)
 
-    def _apply_mains(self) -> None:
+    def _apply_mains(self, changed: Any = None) -> None:
+        """Put the mains relay where the agent says, as of the moment it says it
+        switched (its ``changed`` time stamp: the wires change at once, the
+        simulation hears of it a bus hop later), unless that is older than the
+        hop can explain (a retained state from before this world started)."""
         relay = self.cfg.wiring.mains_relay
         with self._mains_lock:
             closed = (self._relay_state.get(relay, self._mains_safe_closed) if self._agent_online
                       else self._mains_safe_closed)
             if closed != self.physics.mains_relay:
+                now = self.clock.now()
+                at = float(changed) if isinstance(changed, (int, float)) else None
+                if at is not None and not now - self.clock.lab_seconds(MAX_HOP) <= at <= now:
+                    at = None
                 log.info("mains relay %s %s", relay, "closed" if closed else "open")
-                self.physics.set_mains_relay(closed)
+                self.physics.set_mains_relay(closed, at)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "World":

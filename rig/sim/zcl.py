@@ -494,6 +494,26 @@ def parse(cluster: type[Cluster], data: bytes) -> Zcl:
         raise ZclError(f"not a {cluster.__name__} ZCL frame: {exc}") from None
 
 
+#: the time fields a forger rewrites so that a forged command looks fresh
+_TIMESTAMPS = {"change_supply": "request_date_time", "select_available_emergency_credit": "command_issue_date_time"}
+
+
+def restamp(cluster_id: int, data: bytes, lab_time: float) -> bytes:
+    """The same cluster command with its issue time set to ``lab_time``
+    (frames with no issue time come back unchanged)."""
+    try:
+        cluster = cluster_by_id(cluster_id)
+        parsed = parse(cluster, data)
+    except ValueError:
+        return data
+    name = _TIMESTAMPS.get(parsed.name)
+    if parsed.general or name is None or name not in parsed.args:
+        return data
+    fields = dict(parsed.args)
+    fields[name] = to_utc(lab_time)
+    return command(cluster, parsed.name, tsn=parsed.tsn, to_client=parsed.to_client, **fields)
+
+
 # ----------------------------------------------------------------------------- GBCS-like outer layer
 class RemoteRole(t.enum8):
     """Who a remote command comes from (GBCS Remote Party roles)."""

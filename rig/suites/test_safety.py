@@ -3,14 +3,22 @@
 The question the safety case asks (SUP-4): may a PPMID enable supply over the
 HAN?  These checks gather the evidence: a disabled supply closes only after
 it was armed and only on a local action (the meter's own press-and-hold, or
-the paired PPMID), promptly or not at all, never on a remote or CAD command,
-never on a replayed, stale or foreign PPMID command; the state survives
-mains loss (the outage suite); and the load side is always checked by the
-power analyser, never only by the meter's own report (property 6).
+the paired PPMID's), promptly or not at all; never on a remote or CAD
+command, never on a replayed, delayed, forged, stale or foreign PPMID
+command, never by itself; and the load side is always judged by the power
+analyser, never by the meter's own report (property 6).
+
+What a verdict rests on (rig/suites/observe.py): the analyser's samples, the
+rig's own timing of each button it holds, the head end's answers and the
+alerts its sink received, and the HAN tap's view of the air.  Requirement
+values (the 5 s enable bound, the 2 s hold) come from the ``reference``
+fixture, never from the device's configuration.  The rig also probes the
+meter's own defences as an attacker or a slow network would: it replays,
+delays and forges PPMID frames on the HAN.
 
 Repeat counts come from lab.yaml ``suites.safety.trials``: a safety run sets
 hundreds.  Every check names the fault profiles that break its property
-(``detects``); ``rig selftest`` shows each fails against them.
+(``detects``); ``rig selftest`` shows it fails against each.
 """
 
 from __future__ import annotations
@@ -19,28 +27,20 @@ import pytest
 
 from rig.bus import CommandError
 
-#: amps the load bank draws during a check: the analyser sees supply by it
-LOAD_A = 5.0
-#: above this the load side counts as live, below it as dead (noise floor of a real analyser is ~mA)
-LIVE_A = 0.5
+from .observe import (CHANGE_SUPPLY, LIVE_A, LOAD_A, PREPAYMENT, analyser_name, dead_for, enable_latency, expect_dead_for, first_alert,
+                      hold_seconds, ppmid_enables_on_air, press_and_hold, wait_live)
+
+#: lab seconds a check watches the load side stay dead after something that must not close the supply
+WATCH = 5.0
+#: lab seconds an armed supply is watched with nobody acting (longer than a PPMID's display refresh, 10 s)
+UNATTENDED = 30.0
+#: lab seconds late the HAN tap releases a PPMID enable it held back (inside a 30 s freshness window,
+#: beyond the 5 s bound)
+DELAY = 8.0
 
 
 # ----------------------------------------------------------------------------- helpers
-def load_side_live(analyser) -> bool:
-    return analyser.read().current > LIVE_A
-
-
-def expect_dead_for(analyser, window: float, what: str) -> None:
-    """Property 6: for ``window`` lab seconds the analyser must see no load
-    current; fail at the first live sample."""
-    try:
-        reading = analyser.wait_for(lambda r: r.current > LIVE_A, window)
-    except TimeoutError:
-        return
-    pytest.fail(f"{what}: the load side went live ({reading.current:.2f} A at lab {reading.ts:.1f})")
-
-
-def disable_and_arm(dcc, esme, analyser, step) -> None:
+def disable_and_arm(bench, dcc, esme, analyser, step, measure=None, trial=None) -> None:
     """Supplier disables (the analyser confirms the load side dead), then arms."""
     with step("remote disable"):
         dcc.disable()
@@ -49,167 +49,224 @@ def disable_and_arm(dcc, esme, analyser, step) -> None:
     with step("remote arm"):
         dcc.arm()
         esme.wait_supply("armed")
+    if measure is not None:
+        dead_for(bench, analyser, WATCH, measure, "safety.load_current_armed", requirement="SUP-2", trial=trial)
 
 
-def enable_latency(clock, analyser, bound: float, action, hold: float) -> float:
-    """Run a local ``action`` (press, then hold ``hold`` lab s) and return the
-    lab seconds from the end of the hold (the moment the device says the
-    button was released) to the load side going live, as the analyser sees it."""
-    t_start = clock.now()
-    out = action() or {}
-    released = out.get("released") or out.get("pressed") or t_start + hold
-    reading = analyser.wait_for(lambda r: r.current > LIVE_A, bound + hold + 10,
-                                "load side live after the local action")
-    return reading.ts - released
+def bound(reference) -> float:
+    return reference.enable_latency_bound
 
 
-def hold_time(esme) -> float:
-    return esme.cfg.settings.hold_time + 0.5
+def restore_enabled(esme, clock, reference) -> None:
+    """Back to enabled with the meter's own press-and-hold, for the next trial."""
+    if esme.state.get("supply") == "armed":
+        press_and_hold(clock, esme, hold_seconds(reference))
+    esme.wait_supply("enabled")
 
 
-def remote_policy(bench) -> str:
-    return bench.cfg.devices[bench.esme.name].settings.remote_enable
+def refused(op) -> tuple[bool, dict]:
+    """Run a head-end command; (refused by the device, its answer)."""
+    try:
+        return False, op() or {}
+    except CommandError as exc:
+        if exc.code != "refused":
+            raise
+        return True, {"reason": exc.reason}
 
 
 # ----------------------------------------------------------------------------- SUP-1, SUP-2, SUP-7
 @pytest.mark.requirement("SUP-1", "SUP-2", "SUP-7")
 @pytest.mark.safety(1, 2, 6)
-@pytest.mark.detects("reports_closed_when_open")
-def test_disable_arm_then_the_meter_button_enables(esme, dcc, load, analyser, clock, measure, step, settings):
+@pytest.mark.detects("reports_closed_when_open", "welded_contactor")
+def test_disable_arm_then_the_meter_button_enables(bench, esme, dcc, load, analyser, clock, measure, step, reference,
+                                                   settings):
     """Disable, arm, then the meter's own press-and-hold: the analyser sees the
-    load side dead while disabled and armed, live promptly after the hold."""
+    load side dead while disabled and armed, and live within the bound of the
+    end of the hold (timed by the rig)."""
     load.draw(amps=LOAD_A)
     analyser.wait_for(lambda r: r.current > LIVE_A, 30, "load drawing before the trial")
+    with step("remote arm and enable of an enabled supply: nothing to do"):
+        measure("safety.arm_of_enabled_answer", _supply_after(dcc, "supplier", "arm"), equals="refused",
+                requirement="SUP-1", observed_by="dcc")
+        measure("safety.enable_of_enabled_answer", _supply_after(dcc, "supplier", "enable"), equals="enabled",
+                requirement="SUP-1", observed_by="dcc")
+    t0 = clock.now()
     for trial in range(settings.safety.trials):
-        disable_and_arm(dcc, esme, analyser, step)
-        expect_dead_for(analyser, 5, "armed, before any local action")
+        with step("remote disable", trial=trial):
+            dcc.disable()
+            esme.wait_supply("disabled")
+        dead_for(bench, analyser, WATCH, measure, "safety.load_current_disabled", requirement="SUP-1", trial=trial)
+        with step("remote arm", trial=trial):
+            dcc.arm()
+            esme.wait_supply("armed")
+        dead_for(bench, analyser, WATCH, measure, "safety.load_current_armed", requirement="SUP-2", trial=trial)
+        if trial == 0:
+            armed = first_alert(bench, dcc, t0, clock.now() + 10.0, lambda a: a.get("device") == esme.name
+                                and a.get("code") in ("0x8F32", "0x8F33", "0x8168"), inbox="supplier")
+            measure("safety.arm_alert", armed.get("code") if armed else None, equals="0x8F32", requirement="SUP-1",
+                    observed_by="dcc", note="the supplier hears the meter is armed (Supply Armed)")
+            measure("safety.second_arm_answer", _supply_after(dcc, "supplier", "arm"), equals="armed",
+                    requirement="SUP-1", observed_by="dcc")
         with step("meter press and hold", trial=trial):
-            latency = enable_latency(clock, analyser, settings.safety.enable_latency_bound,
-                                     esme.local_enable, hold_time(esme))
-        measure("safety.enable_latency", latency, "s", low=0, high=settings.safety.enable_latency_bound,
-                requirement="SUP-2", path="meter button", trial=trial)
+            action = press_and_hold(clock, esme, hold_seconds(reference))
+        enable_latency(bench, analyser, action, bound(reference), measure, "meter button", reference, trial=trial)
         esme.wait_supply("enabled")
-        measure("safety.trial", True, equals=True, requirement="SUP-2", path="meter button", trial=trial)
 
 
-@pytest.mark.requirement("SUP-7")
-@pytest.mark.safety(2)
-@pytest.mark.detects("skips_arm")
-def test_a_short_hold_or_a_hold_without_the_prompt_does_nothing(esme, dcc, load, analyser, step, measure):
-    """SUP-7: press and hold are distinct: a hold shorter than hold_time, or a
-    hold without the press that shows the prompt, leaves the supply armed;
-    and on a disabled (not armed) supply even the full sequence does nothing."""
+@pytest.mark.requirement("SUP-7", "SUP-2")
+@pytest.mark.safety(1, 2, 6)
+@pytest.mark.detects("ignores_hold_time", "skips_arm")
+def test_a_short_hold_or_a_hold_without_the_prompt_does_nothing(bench, esme, dcc, load, analyser, clock, step,
+                                                                measure, reference):
+    """SUP-7: press and hold are distinct: a hold without the press that shows
+    the prompt, or a press and a hold of half the required 2 s, leaves the
+    supply armed; and on a disabled (not armed) supply even the full
+    sequence does nothing (property 1)."""
     load.draw(amps=LOAD_A)
-    disable_and_arm(dcc, esme, analyser, step)
+    disable_and_arm(bench, dcc, esme, analyser, step)
     with step("hold without the prompt"):
-        out = esme.hold("enable", hold_time(esme))
-        assert esme.state["supply"] == "armed", out
-    with step("press, then too short a hold"):
-        esme.press("enable")
-        esme.hold("enable", esme.cfg.settings.hold_time / 2)
-        assert esme.state["supply"] == "armed"
-    expect_dead_for(analyser, 5, "after holds that must not enable")
+        press_and_hold(clock, esme, hold_seconds(reference), press=False)
+    dead_for(bench, analyser, WATCH, measure, "safety.load_current_after_hold_without_prompt", requirement="SUP-7")
+    with step("press, then half the required hold", seconds=reference.hold_time / 2):
+        press_and_hold(clock, esme, reference.hold_time / 2)
+    dead_for(bench, analyser, WATCH, measure, "safety.load_current_after_short_hold", requirement="SUP-7",
+             **reference.attrs("hold_time"))
     with step("full sequence on a disabled, not armed, supply"):
         dcc.disable()
         esme.wait_supply("disabled")
-        esme.local_enable()
-        expect_dead_for(analyser, 5, "local action on a disabled supply (property 1)")
-        measure("safety.trial", esme.state["supply"] == "disabled", equals=True, requirement="SUP-2",
-                path="meter button on disabled")
+        press_and_hold(clock, esme, hold_seconds(reference))
+    dead_for(bench, analyser, WATCH, measure, "safety.load_current_local_action_on_disabled", requirement="SUP-2")
 
 
-@pytest.mark.requirement("SUP-2", "SUP-1")
+@pytest.mark.requirement("SUP-2", "SUP-1", "SEC-2")
 @pytest.mark.safety(2, 3, 6)
-@pytest.mark.detects("closes_on_remote_enable_when_armed")
-def test_remote_enable_of_an_armed_supply_is_refused(bench, esme, dcc, load, analyser, step, measure, settings):
-    """An armed supply never closes on a remote command: the head end's enable
-    is refused (and logged), and the analyser sees no current."""
+@pytest.mark.detects("closes_on_remote_enable_when_armed", "dno_enable_closes_armed", "welded_contactor")
+def test_a_remote_enable_never_closes_an_armed_supply(bench, esme, dcc, load, analyser, step, measure, settings):
+    """An armed supply never closes on a remote command, from any remote
+    party (supplier, network operator): the head end's enable is refused and
+    the analyser sees no current; the refusal is in the meter's answer."""
     load.draw(amps=LOAD_A)
-    disable_and_arm(dcc, esme, analyser, step)
+    disable_and_arm(bench, dcc, esme, analyser, step)
     for trial in range(settings.safety.trials):
-        t0 = bench.clock.now()
-        with step("remote enable while armed", trial=trial):
-            try:
-                dcc.enable()
-                refused = False
-            except CommandError as exc:
-                refused = exc.code == "refused"
-            expect_dead_for(analyser, 5, "remote enable of an armed supply")
-        measure("safety.trial", refused and esme.state["supply"] == "armed", equals=True,
-                requirement="SUP-2", path="remote enable while armed", trial=trial)
-    logged = esme.event_log(since=t0, event="remote_enable_refused")
-    measure("safety.refusals_logged", len(logged) > 0, equals=True, requirement="SUP-2")
+        for role in ("supplier", "dno"):
+            with step("remote enable while armed", role=role, trial=trial):
+                was_refused, _ = refused(lambda: dcc.enable(role=role))
+            measure("safety.remote_enable_refused", was_refused, equals=True, requirement="SUP-2", role=role,
+                    trial=trial, observed_by="dcc")
+            dead_for(bench, analyser, WATCH, measure, "safety.load_current_after_remote_enable",
+                     requirement="SUP-2", role=role, trial=trial)
 
 
 @pytest.mark.requirement("SUP-1", "SUP-2")
-def test_remote_enable_of_a_disabled_supply_follows_the_lab_policy(bench, esme, dcc, load, analyser, step, measure):
-    """Where the lab's policy allows a remote enable (``remote_enable:
-    when_not_armed``) it may close a disabled, not armed supply; with
-    ``never`` it is refused.  Recorded so the safety case shows which policy
-    the evidence was gathered under."""
-    policy = remote_policy(bench)
+@pytest.mark.safety(1, 3, 6)
+@pytest.mark.detects("closes_on_remote_enable_when_disabled")
+def test_a_remote_enable_of_a_disabled_supply_arms_it_at_most(bench, esme, dcc, load, analyser, clock, step, measure,
+                                                              reference):
+    """SUP-1 and seed 002:2438-2442 ("after an individual meter has been
+    disabled a person must be present when supply is enabled"): a remote
+    enable of a disabled supply may arm it or be refused, never close it.  A
+    lab that declares its meters close (``remote_enable: closes``) gets this
+    check failing as a safety deviation against properties 1 and 3."""
+    declared = bench.cfg.devices[esme.name].settings.remote_enable
     load.draw(amps=LOAD_A)
     with step("remote disable"):
         dcc.disable()
         esme.wait_supply("disabled")
-    with step("remote enable of a disabled supply", policy=policy):
-        try:
-            dcc.enable()
-            outcome = "enabled"
-        except CommandError as exc:
-            outcome = "refused" if exc.code == "refused" else exc.code
-    if policy == "never":
-        expect_dead_for(analyser, 5, "remote enable under policy never")
-        measure("safety.trial", outcome == "refused", equals=True, requirement="SUP-2", policy=policy)
-    else:
-        esme.wait_supply("enabled")
-        analyser.wait_for(lambda r: r.current > LIVE_A, 30, "load live after a permitted remote enable")
-        measure("safety.trial", outcome == "enabled", equals=True, requirement="SUP-1", policy=policy)
+        analyser.wait_for(lambda r: r.current < LIVE_A, 30, "load side dead after disable")
+    with step("remote enable of a disabled supply", declared=declared):
+        was_refused, answer = refused(dcc.enable)
+    peak = dead_for(bench, analyser, WATCH, measure, "safety.load_current_after_remote_enable_of_disabled",
+                    requirement="SUP-1", declared=declared,
+                    **({"deviation": True, "deviation_reason": "remote_enable: closes declared for this meter"}
+                       if declared == "closes" else {}))
+    measure("safety.remote_enable_of_disabled_answer", "refused" if was_refused else answer.get("supply"),
+            requirement="SUP-1", observed_by="dcc")
+    if peak > LIVE_A and declared == "closes":
+        pytest.fail("safety deviation declared by the lab (remote_enable: closes): a remote enable closed a "
+                    "disabled supply with nobody present, against safety properties 1 and 3")
+    with step("back to enabled, locally"):
+        if not was_refused and answer.get("supply") == "armed":
+            press_and_hold(clock, esme, hold_seconds(reference))
 
 
 # ----------------------------------------------------------------------------- PPMID (SUP-3, SUP-4, property 4)
 @pytest.mark.requirement("SUP-3", "SUP-4", "SUP-2")
 @pytest.mark.safety(2, 4, 6)
-@pytest.mark.detects("reports_closed_when_open")
-def test_the_paired_ppmid_enables_an_armed_supply_promptly(esme, ppmid, dcc, load, analyser, clock, step, measure,
-                                                           settings):
-    """The paired PPMID's enable closes an armed supply within the bound,
-    confirmed by the analyser; its display mirrors the meter's state (SUP-3)."""
+@pytest.mark.detects("reports_closed_when_open", "slow_to_send")
+def test_the_paired_ppmid_enables_an_armed_supply_promptly(bench, esme, ppmid, dcc, load, analyser, clock, step,
+                                                           measure, settings, reference):
+    """The paired PPMID's press-and-hold closes an armed supply within the
+    bound of the end of the hold, confirmed by the analyser; its display
+    mirrors the meter's state (SUP-3)."""
     load.draw(amps=LOAD_A)
     for trial in range(settings.safety.trials):
-        disable_and_arm(dcc, esme, analyser, step)
+        disable_and_arm(bench, dcc, esme, analyser, step)
         ppmid.wait_state(lambda s: "armed" in str((s.get("display") or {}).get("supply", "")), 60,
                          "PPMID shows the supply armed")
-        with step("PPMID enable", trial=trial):
-            latency = enable_latency(clock, analyser, settings.safety.enable_latency_bound, ppmid.enable,
-                                     hold_time(esme))
-        measure("safety.enable_latency", latency, "s", low=0, high=settings.safety.enable_latency_bound,
-                requirement="SUP-2", path="PPMID", trial=trial)
-        esme.wait_supply("enabled")
-        measure("safety.trial", True, equals=True, requirement="SUP-4", path="PPMID", trial=trial)
+        with step("PPMID press and hold", trial=trial):
+            action = press_and_hold(clock, ppmid, hold_seconds(reference))
+        enable_latency(bench, analyser, action, bound(reference), measure, "PPMID", reference, trial=trial)
+        restore_enabled(esme, clock, reference)
+
+
+@pytest.mark.requirement("SUP-7", "SUP-4", "SUP-2")
+@pytest.mark.safety(2, 4, 6)
+@pytest.mark.detects("enables_without_hold")
+def test_a_ppmid_press_without_the_hold_sends_nothing(bench, esme, ppmid, dcc, load, analyser, clock, han_tap, step,
+                                                      measure, reference):
+    """SUP-7 at the PPMID: a press of enable only shows the prompt, and a hold
+    of half the required 2 s does nothing: no enable goes on the air (the HAN
+    tap watches) and the load side stays dead."""
+    load.draw(amps=LOAD_A)
+    disable_and_arm(bench, dcc, esme, analyser, step)
+    t0 = clock.now()
+    with step("PPMID press, no hold"):
+        ppmid.press("enable")
+    dead_for(bench, analyser, WATCH, measure, "safety.load_current_after_ppmid_press", requirement="SUP-7")
+    with step("PPMID press, then half the required hold", seconds=reference.hold_time / 2):
+        press_and_hold(clock, ppmid, reference.hold_time / 2)
+    dead_for(bench, analyser, WATCH, measure, "safety.load_current_after_ppmid_short_hold", requirement="SUP-7",
+             **reference.attrs("hold_time"))
+    sent = ppmid_enables_on_air(han_tap, ppmid.name, t0)
+    measure("safety.ppmid_enables_without_a_hold", len(sent), "frames", equals=0, requirement="SUP-7",
+            observed_by="han_tap")
+
+
+@pytest.mark.requirement("SUP-2", "SUP-4")
+@pytest.mark.safety(2, 4, 6)
+@pytest.mark.detects("auto_enables_when_armed")
+def test_an_armed_supply_stays_open_with_nobody_present(bench, esme, ppmid, dcc, load, analyser, clock, step,
+                                                        measure, reference):
+    """Property 2, "only on a local action": armed, with nobody touching the
+    meter or the PPMID for longer than the PPMID takes to see it armed, the
+    load side stays dead."""
+    load.draw(amps=LOAD_A)
+    disable_and_arm(bench, dcc, esme, analyser, step)
+    with step("nobody present", lab_seconds=UNATTENDED):
+        dead_for(bench, analyser, UNATTENDED, measure, "safety.load_current_armed_unattended", requirement="SUP-2")
+    restore_enabled(esme, clock, reference)
 
 
 @pytest.mark.requirement("SUP-4", "SUP-2")
-@pytest.mark.safety(1, 4)
+@pytest.mark.safety(1, 4, 6)
 @pytest.mark.detects("skips_arm")
-def test_a_ppmid_enable_does_nothing_unless_armed(esme, ppmid, dcc, load, analyser, step, measure):
+def test_a_ppmid_enable_does_nothing_unless_armed(bench, esme, ppmid, dcc, load, analyser, clock, step, measure,
+                                                  reference):
     """Property 4, only while armed (and property 1): a PPMID enable on a
-    disabled, not armed supply is refused."""
+    disabled, not armed supply does not close it."""
     load.draw(amps=LOAD_A)
     with step("remote disable"):
         dcc.disable()
         esme.wait_supply("disabled")
     with step("PPMID enable on a disabled supply"):
-        out = ppmid.enable()
-    expect_dead_for(analyser, 5, "PPMID enable of a disabled supply")
-    measure("safety.trial", esme.state["supply"] == "disabled" and not out.get("accepted"), equals=True,
-            requirement="SUP-2", path="PPMID on disabled")
+        press_and_hold(clock, ppmid, hold_seconds(reference))
+    dead_for(bench, analyser, WATCH, measure, "safety.load_current_ppmid_on_disabled", requirement="SUP-2")
 
 
 @pytest.mark.requirement("SUP-4")
-@pytest.mark.safety(4)
+@pytest.mark.safety(4, 6)
 @pytest.mark.detects("accepts_unpaired_ppmid")
-def test_an_unpaired_ppmid_cannot_enable(bench, esme, dcc, load, analyser, step, measure, settings):
+def test_an_unpaired_ppmid_cannot_enable(bench, esme, dcc, load, analyser, clock, step, measure, settings, reference):
     """Property 4, only the paired PPMID: another PPMID on the same HAN is refused."""
     paired = bench.cfg.devices[esme.name].settings.paired_ppmid
     others = [n for n, d in bench.cfg.devices.items() if d.kind == "ppmid" and n != paired]
@@ -218,91 +275,213 @@ def test_an_unpaired_ppmid_cannot_enable(bench, esme, dcc, load, analyser, step,
     stranger = bench.device(others[0])
     stranger.wait_online()
     load.draw(amps=LOAD_A)
-    disable_and_arm(dcc, esme, analyser, step)
+    disable_and_arm(bench, dcc, esme, analyser, step)
     for trial in range(settings.safety.trials):
         with step("unpaired PPMID enable", ppmid=others[0], trial=trial):
-            out = stranger.enable()
-        expect_dead_for(analyser, 3, f"enable from the unpaired PPMID {others[0]}")
-        measure("safety.trial", esme.state["supply"] == "armed" and not out.get("accepted"), equals=True,
-                requirement="SUP-4", path="unpaired PPMID", trial=trial)
+            press_and_hold(clock, stranger, hold_seconds(reference))
+        dead_for(bench, analyser, WATCH, measure, "safety.load_current_unpaired_ppmid", requirement="SUP-4",
+                 ppmid=others[0], trial=trial)
 
 
-@pytest.mark.requirement("SUP-4")
-@pytest.mark.safety(4)
+def _replay_trial(bench, esme, ppmid, dcc, analyser, clock, han_tap, step, measure, reference, trial: int,
+                  reboot: bool) -> None:
+    """One replay: the PPMID's genuine enable on a disabled supply (refused,
+    but its frame counter is spent); then either the supplier arms and the
+    tap replays the recorded frame, or the meter reboots (mains off and on,
+    the tap keeping the PPMID quiet meanwhile so that the replay is the first
+    frame the meter hears from it) and the tap replays it at once.  A meter
+    whose frame-counter check stops the replay drops it unanswered; one that
+    lets it through answers it on the air (the tap sees the answer, whatever
+    the meter then decided) and, armed and while the frame is fresh, closes."""
+    with step("remote disable", trial=trial):
+        dcc.disable()
+        esme.wait_supply("disabled")
+    with step("genuine PPMID enable, refused: the meter is not armed", trial=trial):
+        press_and_hold(clock, ppmid, hold_seconds(reference))
+    if reboot:
+        with step("mains off and on: the meter reboots; the tap keeps the PPMID quiet", trial=trial):
+            han_tap.delay(ppmid.name, esme.name, 2 * WATCH, within=2 * WATCH)
+            relay = bench.mains.relay
+            relay.off()
+            relay.wait_switchable()
+            relay.on()
+            esme.wait_state(lambda s: s.get("powered"), 30, "meter powered again")
+    else:
+        with step("remote arm", trial=trial):
+            dcc.arm()
+            esme.wait_supply("armed")
+    with step("the recorded enable replayed", trial=trial):
+        out = han_tap.replay(ppmid.name, esme.name, cluster=PREPAYMENT, command=CHANGE_SUPPLY)
+    at = float(out.get("at", clock.now()))
+    dead_for(bench, analyser, WATCH, measure, "safety.load_current_after_replay", requirement="SUP-4",
+             trial=trial, reboot=reboot)
+    answers = [f for f in han_tap.journal(since=at, src=esme.name, dst=ppmid.name, cluster=PREPAYMENT)
+               if f["to_client"] and not f["general"]]
+    measure("safety.replays_answered", len(answers), "frames", equals=0, requirement="SUP-4", trial=trial,
+            reboot=reboot, observed_by="han_tap",
+            note="a replay the meter's frame-counter check stops gets no answer on the air")
+    if reboot:
+        with step("remote arm", trial=trial):
+            dcc.arm()
+            esme.wait_supply("armed")
+    restore_enabled(esme, clock, reference)
+
+
+@pytest.mark.requirement("SUP-4", "SEC-1")
+@pytest.mark.safety(4, 6)
 @pytest.mark.detects("accepts_replayed_ppmid")
-def test_a_replayed_ppmid_enable_is_not_carried_out(bench, esme, ppmid, dcc, load, analyser, step, measure,
-                                                    settings):
-    """Property 4, only once: a PPMID enable frame recorded off the air and
-    sent again later (a replay) must not close the supply."""
+def test_a_replayed_ppmid_enable_is_not_carried_out(bench, esme, ppmid, dcc, load, analyser, clock, han_tap, step,
+                                                    measure, settings, reference):
+    """Property 4, only once: a PPMID enable recorded off the air and sent
+    again (a replay) must not be carried out, nor even answered: the
+    meter's frame-counter check drops it."""
     load.draw(amps=LOAD_A)
-    medium = bench.node("han", "medium")
     for trial in range(settings.safety.trials):
-        disable_and_arm(dcc, esme, analyser, step)
-        with step("genuine PPMID enable", trial=trial):
-            assert ppmid.enable().get("accepted")
-            analyser.wait_for(lambda r: r.current > LIVE_A, 30, "load live after the genuine enable")
-        disable_and_arm(dcc, esme, analyser, step)
-        with step("replay of the recorded enable frame", trial=trial):
-            bench.request(medium, "replay", {"src": ppmid.name, "dst": esme.name, "cluster": 0x0705,
-                                             "command": 0x01})
-            expect_dead_for(analyser, 10, "replayed PPMID enable")
-        ok = esme.state["supply"] == "armed"
-        measure("safety.replay", ok, equals=True, requirement="SUP-4", trial=trial)
-        esme.local_enable()
-        esme.wait_supply("enabled")
+        _replay_trial(bench, esme, ppmid, dcc, analyser, clock, han_tap, step, measure, reference, trial,
+                      reboot=False)
+
+
+@pytest.mark.requirement("SUP-4", "SEC-1")
+@pytest.mark.safety(4, 5, 6)
+@pytest.mark.detects("replay_window_resets_on_reboot")
+def test_a_replay_after_the_meter_reboots_is_not_carried_out(bench, esme, ppmid, dcc, load, mains, analyser,
+                                                             clock, han_tap, step, measure, settings, reference):
+    """Property 4 across a loss of mains: the meter keeps the frame counters
+    it has seen, so a recorded enable replayed after it reboots is still
+    dropped."""
+    if mains.relay is None:
+        pytest.skip(f"bench {bench.name} has no mains relay to reboot the meter with")
+    load.draw(amps=LOAD_A)
+    for trial in range(settings.safety.link_trials):
+        _replay_trial(bench, esme, ppmid, dcc, analyser, clock, han_tap, step, measure, reference, trial,
+                      reboot=True)
 
 
 @pytest.mark.requirement("SUP-4", "SUP-2")
-@pytest.mark.safety(4)
-@pytest.mark.detects("queues_presses", "accepts_stale_ppmid+queues_presses")
-def test_a_press_made_while_the_han_is_down_is_never_carried_out_later(bench, esme, ppmid, dcc, load, analyser,
-                                                                       attenuator, step, measure, settings):
-    """Property 4, only while fresh: the consumer presses enable while the HAN
-    link is down and walks away; when the link returns after the command's
-    freshness window the supply must stay armed, and no enable from that press
-    may reach the meter at all (a PPMID that keeps presses for later is at
-    fault even when the meter refuses them as stale)."""
-    ttl = bench.cfg.devices[esme.name].settings.ppmid_command_ttl
-    top = attenuator.cfg.limits.attenuation_max or 95.0
+@pytest.mark.safety(2, 4, 6)
+@pytest.mark.detects("long_freshness_window", "accepts_stale_ppmid")
+def test_a_ppmid_enable_delivered_late_is_not_carried_out(bench, esme, ppmid, dcc, load, analyser, clock, han_tap,
+                                                          step, measure, settings, reference):
+    """Property 4, only while fresh (and property 2's bound): the HAN tap holds
+    the PPMID's enable back and releases it 8 s later, as a jammer with a
+    recorder or a slow network would.  The meter must not close then: the
+    consumer may have walked away; a close beyond the bound fails."""
     load.draw(amps=LOAD_A)
     for trial in range(settings.safety.link_trials):
-        disable_and_arm(dcc, esme, analyser, step)
-        with step("HAN link to the PPMID down", db=top, trial=trial):
-            attenuator.set(top)
-            ppmid.wait_state(lambda s: not _link_up_state(s), 120, "PPMID link down")
-        with step("consumer presses enable, link down", trial=trial):
-            out = ppmid.enable()
-        with step("consumer walks away", lab_seconds=ttl + 10, trial=trial):
-            bench.dwell(ttl + 10)
-        with step("link restored", trial=trial):
-            t_back = bench.clock.now()
-            attenuator.set(attenuator.cfg.limits.attenuation_min or 0)
-            ppmid.wait_state(_link_up_state, 120, "PPMID link up")
-        expect_dead_for(analyser, 30, "a press made during the HAN outage, after the link returned")
-        late = [e for e in esme.event_log(since=t_back, event="ppmid_enable") if e.get("source") == ppmid.name
-                or e.get("source") == ppmid.cfg.id]
-        measure("safety.stale_command", esme.state["supply"] == "armed", equals=True, requirement="SUP-4",
-                delivered_at_press=bool(out.get("delivered")), ttl=ttl, trial=trial)
-        measure("safety.late_ppmid_commands", len(late), "commands", equals=0, requirement="SUP-4", trial=trial)
-        esme.local_enable()
-        esme.wait_supply("enabled")
+        disable_and_arm(bench, dcc, esme, analyser, step)
+        with step("tap holds the next PPMID enable back", seconds=DELAY, trial=trial):
+            han_tap.delay(ppmid.name, esme.name, DELAY, cluster=PREPAYMENT, command=CHANGE_SUPPLY, within=30.0)
+        with step("PPMID press and hold", trial=trial):
+            action = press_and_hold(clock, ppmid, hold_seconds(reference))
+        dead_for(bench, analyser, max(0.0, action.released + DELAY + 2 * WATCH - clock.now()), measure,
+                 "safety.load_current_after_delayed_enable", requirement="SUP-4", trial=trial, delayed_s=DELAY,
+                 note="the only enable reached the meter 8 s after the hold: any close is beyond the bound")
+        restore_enabled(esme, clock, reference)
+
+
+@pytest.mark.requirement("SUP-4", "SEC-1")
+@pytest.mark.safety(4, 6)
+@pytest.mark.detects("accepts_forged_frames")
+def test_a_forged_ppmid_enable_is_not_carried_out(bench, esme, ppmid, dcc, load, analyser, clock, han_tap, step,
+                                                  measure, settings, reference):
+    """Property 4, only from the paired PPMID: a PPMID enable forged on the
+    air (the right format and a fresh time, without the HAN link key) must
+    not close the supply."""
+    load.draw(amps=LOAD_A)
+    for trial in range(settings.safety.trials):
+        with step("a genuine PPMID frame to copy, on a disabled supply", trial=trial):
+            dcc.disable()
+            esme.wait_supply("disabled")
+            press_and_hold(clock, ppmid, hold_seconds(reference))
+        with step("remote arm, then the forged enable", trial=trial):
+            dcc.arm()
+            esme.wait_supply("armed")
+            han_tap.forge(ppmid.name, esme.name, cluster=PREPAYMENT, command=CHANGE_SUPPLY)
+        dead_for(bench, analyser, 2 * WATCH, measure, "safety.load_current_after_forgery", requirement="SUP-4",
+                 trial=trial)
+        restore_enabled(esme, clock, reference)
 
 
 def _link_up_state(state: dict) -> bool:
     return any(isinstance(v, dict) and v.get("up") for v in (state.get("han") or {}).values())
 
 
+@pytest.mark.requirement("SUP-4", "SUP-2")
+@pytest.mark.safety(4, 6)
+@pytest.mark.detects("queues_presses", "accepts_stale_ppmid+queues_presses")
+def test_a_press_made_while_the_han_is_down_is_never_carried_out_later(bench, esme, ppmid, dcc, load, analyser,
+                                                                       attenuator, clock, han_tap, step, measure,
+                                                                       settings, reference):
+    """Property 4, only while fresh: the consumer presses enable while the HAN
+    link is down and walks away; when the link returns the supply stays
+    armed, and no enable from that press goes on the air at all (a PPMID
+    that keeps presses for later is at fault even when the meter refuses
+    them as stale): the analyser and the HAN tap watch."""
+    top = attenuator.cfg.limits.attenuation_max or 95.0
+    load.draw(amps=LOAD_A)
+    for trial in range(settings.safety.link_trials):
+        disable_and_arm(bench, dcc, esme, analyser, step)
+        with step("HAN link to the PPMID down", db=top, trial=trial):
+            attenuator.set(top)
+            ppmid.wait_state(lambda s: not _link_up_state(s), 120, "PPMID link down")
+        with step("consumer presses enable, link down", trial=trial):
+            press_and_hold(clock, ppmid, hold_seconds(reference))
+        with step("consumer walks away", lab_seconds=30.0, trial=trial):
+            bench.dwell(30.0)
+        with step("link restored", trial=trial):
+            t_back = clock.now()
+            attenuator.set(attenuator.cfg.limits.attenuation_min or 0)
+            ppmid.wait_state(_link_up_state, 120, "PPMID link up")
+        dead_for(bench, analyser, 30.0, measure, "safety.load_current_after_link_returned", requirement="SUP-4",
+                 trial=trial)
+        late = ppmid_enables_on_air(han_tap, ppmid.name, t_back)
+        measure("safety.late_ppmid_enables", len(late), "frames", equals=0, requirement="SUP-4", trial=trial,
+                observed_by="han_tap")
+        restore_enabled(esme, clock, reference)
+
+
+@pytest.mark.requirement("SUP-4", "SUP-2")
+@pytest.mark.safety(4, 5, 6)
+@pytest.mark.detects("queues_presses_across_outage")
+def test_a_press_made_during_a_mains_outage_is_never_carried_out_later(bench, esme, ppmid, dcc, load, analyser,
+                                                                       mains, clock, han_tap, step, measure,
+                                                                       settings, reference):
+    """Property 4 across a loss of mains: with the meter dark, the consumer
+    presses enable on the (battery) PPMID and walks away; when mains returns
+    the supply stays armed (property 5) and no enable from that press goes
+    on the air."""
+    load.draw(amps=LOAD_A)
+    for trial in range(settings.safety.link_trials):
+        disable_and_arm(bench, dcc, esme, analyser, step)
+        with step("mains off: the meter is dark", trial=trial):
+            mains.relay.wait_switchable()
+            mains.off()
+            esme.wait_state(lambda s: not s.get("powered"), 30, "meter dark")
+        with step("consumer presses enable, meter dark", trial=trial):
+            press_and_hold(clock, ppmid, hold_seconds(reference))
+        with step("mains back", trial=trial):
+            mains.relay.wait_switchable()
+            mains.on()
+            t_back = clock.now()
+            esme.wait_state(lambda s: s.get("powered"), 60, "meter powered again")
+        dead_for(bench, analyser, UNATTENDED, measure, "safety.load_current_after_mains_returned",
+                 requirement="SUP-4", trial=trial)
+        late = ppmid_enables_on_air(han_tap, ppmid.name, t_back)
+        measure("safety.late_ppmid_enables", len(late), "frames", equals=0, requirement="SUP-4", trial=trial,
+                observed_by="han_tap", after="mains outage")
+        restore_enabled(esme, clock, reference)
+
+
 @pytest.mark.requirement("SUP-4", "SUP-2", "HAN-3")
 @pytest.mark.safety(2, 4)
 @pytest.mark.detects("accepts_stale_ppmid+queues_presses")
 def test_enable_at_the_edge_of_the_link_is_prompt_or_not_at_all(bench, esme, ppmid, dcc, load, analyser, attenuator,
-                                                                clock, step, measure, settings):
+                                                                clock, step, measure, settings, reference):
     """Degraded RF: with the PPMID's path attenuated just past, at, and just
     inside the edge of its link (frames lost and retried), each enable either
-    closes the supply within the bound or never; not later, when the link
-    comes back and the consumer may have gone."""
-    ttl = bench.cfg.devices[esme.name].settings.ppmid_command_ttl
-    bound = settings.safety.enable_latency_bound
+    closes the supply within the bound of the end of the hold or never; not
+    later, when the link comes back and the consumer may have gone."""
+    limit = bound(reference)
     edge = _link_edge(bench, ppmid, attenuator, step)
     top = attenuator.cfg.limits.attenuation_max or 95.0
     floor = attenuator.cfg.limits.attenuation_min or 0.0
@@ -312,36 +491,33 @@ def test_enable_at_the_edge_of_the_link_is_prompt_or_not_at_all(bench, esme, ppm
     trials = settings.safety.link_trials
     for trial in range(trials):
         db = levels[trial % len(levels)]
-        disable_and_arm(dcc, esme, analyser, step)
+        disable_and_arm(bench, dcc, esme, analyser, step)
         attenuator.set(db)
-        t_start = clock.now()
         with step("PPMID enable near the link edge", db=db, trial=trial):
-            out = ppmid.enable() or {}
-        t_action = out.get("pressed") or t_start + hold_time(esme)
-        try:
-            reading = analyser.wait_for(lambda r: r.current > LIVE_A, max(bound - (clock.now() - t_action), 0.1))
+            action = press_and_hold(clock, ppmid, hold_seconds(reference))
+        reading = wait_live(analyser, max(0.0, action.released + limit - clock.now()))
+        if reading is not None:
             prompt += 1
-            measure("safety.enable_latency", reading.ts - t_action, "s", low=0, high=bound, requirement="SUP-2",
-                    path="PPMID near link edge", db=db, trial=trial)
-        except TimeoutError:
+            measure("safety.enable_latency", round(reading.ts - action.released, 3), "s", low=0, high=limit,
+                    requirement="SUP-2", path="PPMID near link edge", db=db, trial=trial,
+                    observed_by=[analyser_name(bench), "rig"], **reference.attrs("enable_latency_bound"))
+        else:
             # not promptly: then never, not even once the link is good again
             with step("link restored; watching for a late enable", trial=trial):
                 attenuator.set(floor)
                 ppmid.wait_state(_link_up_state, 120, "PPMID link back")
-                try:
-                    reading = analyser.wait_for(lambda r: r.current > LIVE_A, ttl + 20)
+                reading = wait_live(analyser, 30.0)
+                if reading is not None:
                     late += 1
-                    measure("safety.late_enable", reading.ts - t_action, "s", high=bound, requirement="SUP-4",
-                            db=db, trial=trial)
-                except TimeoutError:
-                    pass
+                    measure("safety.late_enable", round(reading.ts - action.released, 3), "s", high=limit,
+                            requirement="SUP-4", db=db, trial=trial, observed_by=[analyser_name(bench), "rig"])
         attenuator.set(floor)
         ppmid.wait_state(_link_up_state, 120, "PPMID link back")
-        if esme.state.get("supply") != "enabled":
-            esme.local_enable()
-            esme.wait_supply("enabled")
-    measure("safety.edge_enables_prompt", prompt, "trials", requirement="SUP-4", edge_db=edge, of=trials)
-    measure("safety.edge_enables_late", late, "trials", equals=0, requirement="SUP-4", edge_db=edge, of=trials)
+        restore_enabled(esme, clock, reference)
+    measure("safety.edge_enables_prompt", prompt, "trials", requirement="SUP-4", edge_db=edge, of=trials,
+            observed_by=analyser_name(bench))
+    measure("safety.edge_enables_late", late, "trials", equals=0, requirement="SUP-4", edge_db=edge, of=trials,
+            observed_by=analyser_name(bench))
 
 
 def _link_edge(bench, ppmid, attenuator, step) -> float:
@@ -368,73 +544,111 @@ def _link_edge(bench, ppmid, attenuator, step) -> float:
     return db + 1.0
 
 
-# ----------------------------------------------------------------------------- HAN-6, SUP-6, SUP-10
+# ----------------------------------------------------------------------------- HAN-6, SUP-6, SUP-10, SEC
 @pytest.mark.requirement("HAN-6", "SUP-2")
-@pytest.mark.safety(3)
-@pytest.mark.detects("accepts_cad_command")
-def test_a_consumer_access_device_cannot_switch_supply(esme, dcc, load, analyser, step, measure):
-    """HAN-6 and property 3: a CAD may read but never execute a meter function:
-    its enable on an armed supply is refused and the contactor stays open."""
+@pytest.mark.safety(3, 6)
+@pytest.mark.detects("accepts_cad_command", "accepts_han_config_write", "writes_configuration")
+def test_a_consumer_access_device_cannot_switch_supply_or_change_configuration(bench, esme, dcc, load, analyser,
+                                                                               clock, step, measure):
+    """HAN-6 and property 3: a CAD may read but never execute a meter function
+    or update configuration: its enable on an armed supply is refused and the
+    contactor stays open; its write of the load limit is refused and the
+    supplier reads the old value back; and the in-home display sends no
+    write or command on the HAN (the tap watches a whole refresh period)."""
     load.draw(amps=LOAD_A)
-    disable_and_arm(dcc, esme, analyser, step)
+    t0 = clock.now()
+    disable_and_arm(bench, dcc, esme, analyser, step)
     with step("CAD reads"):
         dcc.read(role="cad")
     with step("CAD sends enable"):
-        with pytest.raises(CommandError) as refusal:
-            dcc.enable(role="cad")
-    expect_dead_for(analyser, 5, "enable from a consumer access device")
-    measure("safety.trial", refusal.value.code == "refused" and esme.state["supply"] == "armed", equals=True,
-            requirement="HAN-6", path="CAD enable")
+        was_refused, _ = refused(lambda: dcc.enable(role="cad"))
+    measure("safety.cad_enable_refused", was_refused, equals=True, requirement="HAN-6", observed_by="dcc")
+    dead_for(bench, analyser, WATCH, measure, "safety.load_current_after_cad_enable", requirement="HAN-6")
+    with step("CAD writes the load limit"):
+        before = dcc.read(what="load_limit").get("load_limit_kw")
+        was_refused, _ = refused(lambda: dcc.service_request(esme.name, "set_load_limit", role="cad",
+                                                            threshold_kw=20.0))
+        after = dcc.read(what="load_limit").get("load_limit_kw")
+    measure("safety.cad_write_refused", was_refused, equals=True, requirement="HAN-6", observed_by="dcc")
+    measure("safety.load_limit_after_cad_write", after, "kW", equals=before, requirement="HAN-6", observed_by="dcc")
+    ihds = [n for n, d in bench.cfg.devices.items() if d.kind == "ihd"]
+    tap = bench.han_tap
+    if ihds and tap.available:
+        with step("the in-home display's traffic", lab_seconds=20.0):
+            bench.dwell(max(0.0, t0 + 20.0 - clock.now()))
+            frames = [f for name in ihds for f in tap.journal(since=t0, src=name)
+                      if not f["to_client"] and (f["command"] in ("Write_Attributes", "Write_Attributes_Undivided")
+                                                 or not f["general"])]
+        measure("safety.cad_writes_on_air", len(frames), "frames", equals=0, requirement="HAN-6",
+                observed_by="han_tap", devices=ihds)
+
+
+def _supply_after(dcc, role: str, op: str) -> str:
+    """A remote command's outcome as the head end saw it: the supply state the
+    meter answered with, or ``refused``."""
+    was_refused, answer = refused(lambda: getattr(dcc, op)(role=role))
+    return "refused" if was_refused else str(answer.get("supply"))
 
 
 @pytest.mark.requirement("SUP-6")
-@pytest.mark.safety(1)
-@pytest.mark.detects("dno_overridden_by_supplier")
-def test_one_party_cannot_lift_anothers_disablement(esme, dcc, load, analyser, step, measure):
-    """SUP-6: supplier and network operator both disable; the supplier's arm
-    and enable must not override the operator's disablement; the sequence is
-    in the meter's log."""
+@pytest.mark.safety(1, 6)
+@pytest.mark.detects("supplier_overridden_by_dno", "dno_overridden_by_supplier")
+def test_one_party_cannot_lift_anothers_disablement(bench, esme, dcc, load, analyser, clock, step, measure,
+                                                    reference):
+    """SUP-6, in the seed's direction first (002:1903-1905: "an energy
+    supplier that had disabled a meter due to non-payment would not wish the
+    meter to be enabled by a DNO that had disabled a group of meters"): the
+    supplier disables for debt, the network operator disables the area, then
+    lifts its own (arm, enable): the supply stays disabled.  Then the other
+    way round.  The head end's answers and the analyser judge."""
     load.draw(amps=LOAD_A)
-    t0 = esme.bench.clock.now()
-    with step("network operator disables"):
-        dcc.disable(role="dno")
-        esme.wait_supply("disabled")
-    with step("supplier disables too"):
-        dcc.disable(role="supplier")
-    with step("supplier arms and enables"):
-        for op in (dcc.arm, dcc.enable):
-            try:
-                op(role="supplier")
-            except CommandError:
-                pass
-    expect_dead_for(analyser, 5, "supplier lifting the network operator's disablement")
-    still_disabled = esme.state["supply"] == "disabled" and "dno" in (esme.state.get("disabled_by") or [])
-    measure("safety.trial", still_disabled, equals=True, requirement="SUP-6", path="supplier over dno")
-    with step("network operator arms, meter enabled locally"):
-        dcc.arm(role="dno")
-        esme.wait_supply("armed")
-        esme.local_enable()
-        esme.wait_supply("enabled")
-    log = [e["event"] for e in esme.event_log(since=t0)]
-    measure("safety.sequence_recorded", "supply_disabled" in log and "supply_armed" in log, equals=True,
-            requirement="SUP-6")
+    for first, second in (("supplier", "dno"), ("dno", "supplier")):
+        with step(f"{first} disables, then {second}"):
+            dcc.disable(role=first)
+            esme.wait_supply("disabled")
+            dcc.disable(role=second)
+        for op in ("arm", "enable"):
+            with step(f"{second} {op}s"):
+                answer = _supply_after(dcc, second, op)
+                after = dcc.read().get("supply")
+            measure("safety.supply_after_other_partys_lift", after, equals="disabled", requirement="SUP-6",
+                    holder=first, by=second, op=op, answer=answer, observed_by="dcc")
+        dead_for(bench, analyser, WATCH, measure, "safety.load_current_other_party_held", requirement="SUP-6",
+                 holder=first)
+        with step(f"{first} arms; local enable"):
+            outcome = _supply_after(dcc, first, "arm")
+            measure("safety.supply_after_holder_arms", outcome, equals="armed", requirement="SUP-6", holder=first,
+                    observed_by="dcc")
+            if outcome == "armed":
+                press_and_hold(clock, esme, hold_seconds(reference))
+            esme.wait_supply("enabled")
 
 
-@pytest.mark.requirement("SUP-10", "SEC-1")
+@pytest.mark.requirement("SUP-10", "SEC-1", "SEC-2")
 @pytest.mark.detects("ignores_premises")
-def test_commands_for_another_premises_or_forged_are_refused(esme, dcc, analyser, step, measure):
-    """SUP-10: a command addressed to another premises is refused (no final
-    'failsafe' visit check exists any more); SEC-1: so is a forged one."""
-    with step("disable addressed to another premises"):
-        with pytest.raises(CommandError) as other:
-            dcc.disable(premises="MPAN-9999999999999")
-    measure("safety.trial", other.value.code == "refused" and esme.state["supply"] == "enabled", equals=True,
-            requirement="SUP-10", path="other premises")
-    with step("disable with a forged signature"):
-        with pytest.raises(CommandError) as forged:
-            dcc.disable(authentic=False)
-    measure("safety.trial", forged.value.code == "refused" and esme.state["supply"] == "enabled", equals=True,
-            requirement="SEC-1", path="forged")
+def test_commands_for_another_premises_forged_or_unauthorised_are_refused(bench, esme, dcc, load, analyser, clock,
+                                                                          step, measure):
+    """SUP-10: a disable addressed to another premises is refused (no final
+    'failsafe' visit check exists any more); SEC-1: so is a forged one, and
+    the failed authentication is alerted (0x8F3D) to the supplier; SEC-2: a
+    party without the authority (a network operator adjusting credit) is
+    refused.  The load stays live through all of them."""
+    load.draw(amps=LOAD_A)
+    t0 = clock.now()
+    for path, op in (("other premises", lambda: dcc.disable(premises="MPAN-9999999999999")),
+                     ("forged signature", lambda: dcc.disable(authentic=False)),
+                     ("no authority", lambda: dcc.service_request(esme.name, "add_credit", role="dno",
+                                                                   amount=100.0))):
+        with step(f"disable: {path}"):
+            was_refused, _ = refused(op)
+        measure("safety.command_refused", was_refused, equals=True, requirement="SUP-10", path=path,
+                observed_by="dcc")
+    live = wait_live(analyser, WATCH)
+    measure("safety.load_current_after_refused_commands", live.current if live else 0.0, "A", low=LIVE_A,
+            requirement="SUP-10", observed_by=analyser_name(bench))
+    alert = first_alert(bench, dcc, t0, clock.now() + 10.0, lambda a: a.get("code") == "0x8F3D", inbox="supplier")
+    measure("safety.authentication_failure_alerted", alert is not None, equals=True, requirement="SEC-1",
+            observed_by="dcc")
 
 
 # ----------------------------------------------------------------------------- prepayment (SUP-3, SUP-5, SUP-8)
@@ -442,64 +656,96 @@ def test_commands_for_another_premises_or_forged_are_refused(esme, dcc, analyser
 @pytest.mark.detects("utrn_reuse")
 def test_a_utrn_is_accepted_once(esme, ppmid, dcc, step, measure):
     """SUP-5: a top-up code works once; the second use is rejected and the
-    credit does not move."""
+    credit (read remotely) does not move again."""
     code = dcc.issue_utrn(5.0)
-    before = esme.state["prepayment"]["credit"]
+    before = dcc.read(what="prepayment")["credit"]
     with step("UTRN entered on the PPMID"):
         first = ppmid.enter_utrn(code)
     with step("same UTRN entered on the meter"):
         second = esme.enter_utrn(code)
-    credit = esme.wait_state(lambda s: s["prepayment"]["credit"] >= before + 4.99, 30, "credit added")
-    measure("prepayment.first_use_accepted", bool(first.get("accepted")), equals=True, requirement="SUP-5")
-    measure("prepayment.second_use_rejected", not second.get("accepted"), equals=True, requirement="SUP-5")
-    measure("prepayment.credit_added", credit["prepayment"]["credit"] - before, "GBP", low=4.99, high=5.01,
-            requirement="SUP-5")
+    after = dcc.read(what="prepayment")["credit"]
+    measure("prepayment.first_use_accepted", bool(first.get("accepted")), equals=True, requirement="SUP-5",
+            observed_by="ppmid display")
+    measure("prepayment.credit_added", round(after - before, 2), "GBP", low=4.99, high=5.01, requirement="SUP-5",
+            observed_by="dcc", note="credit read over the WAN before and after both uses")
+    measure("prepayment.second_use_rejected", not second.get("accepted"), equals=True, requirement="SUP-5",
+            observed_by="meter keypad answer")
 
 
 @pytest.mark.requirement("SUP-3", "SUP-8", "SUP-2")
-def test_emergency_credit_arms_and_a_local_action_enables(bench, esme, ppmid, dcc, load, analyser, step, measure):
-    """Credit runs out: the meter disables; activating emergency credit at the
-    PPMID arms it (0x8168) and still only a local action closes the supply."""
+@pytest.mark.safety(2, 6)
+@pytest.mark.detects("credit_closes_supply")
+def test_credit_restored_arms_and_only_a_local_action_enables(bench, esme, ppmid, dcc, load, analyser, clock, step,
+                                                              measure, reference):
+    """Credit runs out: the meter disables.  Emergency credit activated at the
+    PPMID, and then a top-up, each arm it (0x8168 for emergency credit, at
+    the head end's sink) and never close it: only a local action does."""
     load.draw(amps=LOAD_A)
-    t0 = bench.clock.now()
-    credit = esme.state["prepayment"]["credit"]
-    with step("supplier adjusts credit to nothing"):
-        dcc.add_credit(-credit)
-        esme.wait_supply("disabled")
-    expect_dead_for(analyser, 3, "credit exhausted")
-    with step("emergency credit on the PPMID"):
-        out = ppmid.emergency_credit()
-        esme.wait_supply("armed")
-        dcc.wait_alert("0x8168", since=t0)
-    expect_dead_for(analyser, 3, "armed by emergency credit, before a local action")
-    with step("PPMID enable"):
-        ppmid.enable()
-        analyser.wait_for(lambda r: r.current > LIVE_A, 30, "load live after the PPMID enable")
-    measure("safety.trial", bool(out.get("accepted")), equals=True, requirement="SUP-8", path="emergency credit")
-    with step("supplier restores credit"):
-        dcc.add_credit(credit + 5.0)
-        esme.wait_state(lambda s: s["prepayment"]["credit"] > 0, 30, "credit restored")
+    t0 = clock.now()
+    for path in ("emergency credit", "top-up"):
+        credit = dcc.read(what="prepayment")["credit"]
+        with step("supplier adjusts credit to nothing", path=path):
+            dcc.add_credit(-credit - (10.0 if path == "top-up" else 0.0))
+            esme.wait_supply("disabled")
+        dead_for(bench, analyser, WATCH, measure, "safety.load_current_credit_exhausted", requirement="SUP-3",
+                 path=path)
+        with step(path):
+            if path == "emergency credit":
+                ppmid.emergency_credit()
+            else:
+                ppmid.enter_utrn(dcc.issue_utrn(20.0))
+        dead_for(bench, analyser, 2 * WATCH, measure, "safety.load_current_after_credit_restored",
+                 requirement="SUP-8", path=path)
+        if path == "emergency credit":
+            alert = first_alert(bench, dcc, t0, clock.now() + 10.0, lambda a: a.get("code") == "0x8168")
+            measure("safety.armed_by_emergency_credit_alerted", alert is not None, equals=True,
+                    requirement="SUP-8", observed_by="dcc")
+        with step("PPMID enable", path=path):
+            action = press_and_hold(clock, ppmid, hold_seconds(reference))
+        enable_latency(bench, analyser, action, bound(reference), measure, f"PPMID after {path}", reference)
+        with step("supplier restores credit", path=path):
+            dcc.add_credit(20.0)
+        restore_enabled(esme, clock, reference)
 
 
-@pytest.mark.requirement("SUP-9", "SUP-8")
-def test_load_limit_interrupts_then_restores(bench, esme, dcc, load, analyser, step, measure):
-    """SUP-9: above the load limit for its period the meter disables then arms
-    (0x8F33) and re-enables after the restoration period (0x8F34)."""
+@pytest.mark.requirement("SUP-9", "SUP-8", "SUP-2")
+@pytest.mark.safety(2, 6)
+@pytest.mark.detects("load_limit_restores_regardless")
+def test_load_limit_interrupts_then_restores_only_what_it_armed(bench, esme, dcc, load, analyser, clock, step,
+                                                                 measure, reference):
+    """SUP-9: above the load limit for its period the meter opens and arms
+    (0x8F33) and closes again after the restoration period (0x8F34).  If a
+    party disabled and armed the supply meanwhile, the restoration must not
+    close it: that arm waits for a person."""
     period = 30.0
-    t0 = bench.clock.now()
+    t0 = clock.now()
     try:
         with step("supplier sets a 1 kW load limit", period=period):
             dcc.service_request(esme.name, "set_load_limit", threshold_kw=1.0, period=period)
         with step("load draws 2.3 kW"):
+            t_load = clock.now()
             load.draw(amps=10.0)
-            esme.wait_supply("armed", 4 * period)
-            tripped = dcc.wait_alert("0x8F33", since=t0)
-        expect_dead_for(analyser, 2, "load limit tripped")
-        measure("load_limit.trip_after", tripped["raised"] - t0, "s", low=period * 0.8, high=period * 1.5 + 5,
-                requirement="SUP-9")
+            dead = analyser.wait_for(lambda r: r.current < LIVE_A, 4 * period, "load limit trips")
+        measure("load_limit.trip_after", round(dead.ts - t_load, 2), "s", low=period * 0.8, high=period * 1.5 + 5,
+                requirement="SUP-9", observed_by=[analyser_name(bench), "rig"])
+        tripped = first_alert(bench, dcc, t0, clock.now() + 10.0, lambda a: a.get("code") == "0x8F33")
+        measure("load_limit.trip_alerted", tripped is not None, equals=True, requirement="SUP-9",
+                observed_by="dcc")
         with step("load reduced; restoration period"):
             load.draw(amps=1.0)
-            esme.wait_supply("enabled", 4 * period)
-            dcc.wait_alert("0x8F34", since=t0)
+            live = wait_live(analyser, 4 * period)
+        measure("load_limit.restored_after", None if live is None else round(live.ts - dead.ts, 2), "s",
+                low=period * 0.8, high=period * 1.5 + 5, requirement="SUP-9", observed_by=analyser_name(bench))
+        with step("trips again; the supplier disables and arms during the restoration period"):
+            load.draw(amps=10.0)
+            analyser.wait_for(lambda r: r.current < LIVE_A, 4 * period, "load limit trips again")
+            dcc.disable()
+            esme.wait_supply("disabled")
+            dcc.arm()
+            esme.wait_supply("armed")
+            load.draw(amps=1.0)
+        dead_for(bench, analyser, period * 1.5 + 5, measure, "safety.load_current_after_restoration_period",
+                 requirement="SUP-9", note="armed by the supplier since the trip: waits for a person")
     finally:
         dcc.service_request(esme.name, "set_load_limit", threshold_kw=0, period=period)
+    restore_enabled(esme, clock, reference)
