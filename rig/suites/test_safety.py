@@ -678,15 +678,19 @@ def test_a_utrn_is_accepted_once(esme, ppmid, dcc, step, measure):
 def test_credit_restored_arms_and_only_a_local_action_enables(bench, esme, ppmid, dcc, load, analyser, clock, step,
                                                               measure, reference):
     """Credit runs out: the meter disables.  Emergency credit activated at the
-    PPMID, and then a top-up, each arm it (0x8168 for emergency credit, at
-    the head end's sink) and never close it: only a local action does."""
+    PPMID, then a top-up, each arm it (0x8168 and 0x8F32 "Supply Armed", at
+    the supplier's inbox) and never close it: only a local action does.  A
+    top-up while the supplier also holds a disablement lifts the credit's
+    only: the supply stays disabled until the supplier arms (SUP-6)."""
     load.draw(amps=LOAD_A)
-    t0 = clock.now()
-    for path in ("emergency credit", "top-up"):
+    for path in ("emergency credit", "top-up", "top-up, supplier disabled too"):
+        t_path = clock.now()
         credit = dcc.read(what="prepayment")["credit"]
         with step("supplier adjusts credit to nothing", path=path):
-            dcc.add_credit(-credit - (10.0 if path == "top-up" else 0.0))
+            dcc.add_credit(-credit - (0.0 if path == "emergency credit" else 10.0))
             esme.wait_supply("disabled")
+            if path.endswith("too"):
+                dcc.disable()
         dead_for(bench, analyser, WATCH, measure, "safety.load_current_credit_exhausted", requirement="SUP-3",
                  path=path)
         with step(path):
@@ -696,10 +700,20 @@ def test_credit_restored_arms_and_only_a_local_action_enables(bench, esme, ppmid
                 ppmid.enter_utrn(dcc.issue_utrn(20.0))
         dead_for(bench, analyser, 2 * WATCH, measure, "safety.load_current_after_credit_restored",
                  requirement="SUP-8", path=path)
-        if path == "emergency credit":
-            alert = first_alert(bench, dcc, t0, clock.now() + 10.0, lambda a: a.get("code") == "0x8168")
-            measure("safety.armed_by_emergency_credit_alerted", alert is not None, equals=True,
-                    requirement="SUP-8", observed_by="dcc")
+        if path.endswith("too"):
+            measure("safety.supply_after_top_up", dcc.read().get("supply"), equals="disabled", requirement="SUP-6",
+                    path=path, observed_by="dcc", note="the supplier's disablement outlives the credit's")
+            with step("supplier arms", path=path):
+                dcc.arm()
+                esme.wait_supply("armed")
+        else:
+            code = "0x8168" if path == "emergency credit" else "0x8F32"
+            alert = first_alert(bench, dcc, t_path, clock.now() + 10.0,
+                                lambda a: a.get("device") == esme.name and a.get("code") in ("0x8168", "0x8F32",
+                                                                                             "0x8F33"),
+                                inbox="supplier")
+            measure("safety.armed_by_credit_alert", alert.get("code") if alert else None, equals=code,
+                    requirement="SUP-8", path=path, observed_by="dcc")
         with step("PPMID enable", path=path):
             action = press_and_hold(clock, ppmid, hold_seconds(reference))
         enable_latency(bench, analyser, action, bound(reference), measure, f"PPMID after {path}", reference)
