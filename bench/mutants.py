@@ -10,8 +10,8 @@ timer): a comparison turned round, ``and`` for ``or``, a condition negated,
 one enum member for another, a number nudged, a statement dropped.  For
 each mutant it brings up the default simulated lab with the mutated code
 (a copy of the ``rig`` package first on PYTHONPATH, which the lab's agent
-and simulated bench processes inherit) and runs the safety, outage and HAN
-suites with few repeats, stopping at the first failing check.  A mutant is
+and simulated bench processes inherit) and runs the safety, outage, HAN and
+metrology suites with few repeats, stopping at the first failing check.  A mutant is
 *killed* when a check fails, *survives* when every check passes.
 
 Survivors that cannot change behaviour (equivalent mutants) are listed in
