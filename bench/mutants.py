@@ -10,8 +10,8 @@ timer): a comparison turned round, ``and`` for ``or``, a condition negated,
 one enum member for another, a number nudged, a statement dropped.  For
 each mutant it brings up the default simulated lab with the mutated code
 (a copy of the ``rig`` package first on PYTHONPATH, which the lab's agent
-and simulated bench processes inherit) and runs the safety, outage and HAN
-suites with few repeats, stopping at the first failing check.  A mutant is
+and simulated bench processes inherit) and runs the safety, outage, HAN and
+metrology suites with few repeats, stopping at the first failing check.  A mutant is
 *killed* when a check fails, *survives* when every check passes.
 
 Survivors that cannot change behaviour (equivalent mutants) are listed in
@@ -48,6 +48,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = ROOT / "rig" / "suites"
 EQUIVALENT = Path(__file__).resolve().parent / "mutants_equivalent.yaml"
+#: the import packages copied with each mutant (first on PYTHONPATH, so the lab's processes run them)
+PACKAGES = ("rig", "instruments", "fixtures")
 
 #: the code under mutation: file -> the functions (None: the whole module)
 TARGETS: dict[str, set[str] | None] = {
@@ -290,7 +292,7 @@ def run_suites(overlay: Path | None, tmp: Path, timeout: float) -> tuple[str, st
     if overlay is not None:
         env["PYTHONPATH"] = str(overlay) + os.pathsep + env.get("PYTHONPATH", "")
     suites = overlay / "rig" / "suites" if overlay is not None else SUITES   # the suites of the code under test
-    files = [str(suites / f"test_{s}.py") for s in ("safety", "outage", "han")]
+    files = [str(suites / f"test_{s}.py") for s in ("safety", "outage", "han", "metrology")]
     started = time.monotonic()
     try:
         proc = subprocess.run([sys.executable, "-m", "pytest", *files, "-c", str(ini), "--rootdir", str(suites),
@@ -309,7 +311,7 @@ def run_suites(overlay: Path | None, tmp: Path, timeout: float) -> tuple[str, st
 
 def run_mutant(m: Mutant, work: Path, timeout: float) -> dict:
     overlay = work / f"m{m.id}" / "overlay"
-    shutil.copytree(work / "base" / "rig", overlay / "rig")
+    shutil.copytree(work / "base", overlay)
     (overlay / m.file).write_text(m.source)
     verdict, detail, wall = run_suites(overlay, work / f"m{m.id}" / "run", timeout)
     shutil.rmtree(work / f"m{m.id}", ignore_errors=True)
@@ -336,13 +338,15 @@ def main() -> int:
     equivalent = yaml.safe_load(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
     equivalent = {str(k): v for k, v in (equivalent or {}).items()}
     work = Path(tempfile.mkdtemp(prefix="rig-mutants-"))
-    # one snapshot of the package: every mutant is one edit of the same code, even if the tree changes meanwhile
-    shutil.copytree(ROOT / "rig", work / "base" / "rig", ignore=shutil.ignore_patterns("__pycache__"))
+    # one snapshot of the packages (the rig, its instruments and its pytest plugin): every mutant is one edit of
+    # the same code, even if the tree changes meanwhile
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, work / "base" / package, ignore=shutil.ignore_patterns("__pycache__"))
     for m in chosen:
         if (ROOT / m.file).read_text() != (work / "base" / m.file).read_text():
             print(f"{m.file} changed while the mutants were being made: run again")
             return 2
-    print(f"{len(chosen)} mutants of {', '.join(TARGETS)}; the safety, outage and HAN suites on the default lab "
+    print(f"{len(chosen)} mutants of {', '.join(TARGETS)}; the safety, outage, HAN and metrology suites on the default lab "
           f"(trials 1), {args.jobs} at a time; work in {work}", flush=True)
     started = time.monotonic()
     base = run_suites(work / "base", work / "unmutated", args.timeout)

@@ -107,6 +107,10 @@ class InstrumentService:
     """One instrument of the bench, served on the bus: an agent output."""
 
     kind: ClassVar[str] = ""
+    #: whether the instrument drives anything that has a safe state (a source,
+    #: a load); a measuring instrument has none, so making the bench safe never
+    #: waits on its I/O
+    energises: ClassVar[bool] = False
 
     def __init__(self, agent: Any, name: str, cfg: InstrumentConfig, driver: Any, address: str,
                  bench: dict[str, "InstrumentService"]):
@@ -123,10 +127,17 @@ class InstrumentService:
         with self._lock:
             self.driver.safe()
             self.refresh()
+        rules = self.safe_ops()
         for op, (handler, args) in self.ops().items():
-            self.agent.bus.serve(self.node, op, self._wrap(op, handler), args)
+            self.agent.bus.serve(self.node, op, self._wrap(op, handler), args, safe=rules.get(op, False))
         self.publish()
         return self
+
+    def safe_ops(self) -> dict[str, Any]:
+        """The ops that go towards the safe state (True, or a function of the
+        args): never refused as expired, and not queued behind other
+        instruments' I/O (docs/bus.md).  Kinds extend."""
+        return {"safe": True}
 
     def ops(self) -> dict[str, Op]:
         return {
@@ -174,7 +185,11 @@ class InstrumentService:
         return True
 
     def force_safe(self, reason: str) -> bool:
-        """The instrument's safe state now (touches only this instrument)."""
+        """The instrument's safe state now (touches only this instrument).
+        An instrument busy with I/O finishes it first (within its timeout);
+        one that energises nothing is left alone."""
+        if not self.energises:
+            return False
         with self._lock:
             try:
                 changed = bool(self.driver.safe())
@@ -209,8 +224,8 @@ class InstrumentService:
         }
 
     def publish(self) -> None:
-        if self.agent.bus.connected:
-            self.agent.bus.publish_state(self.node, self.state())
+        # even while the broker is away: it goes (or is republished) when it is back
+        self.agent.bus.publish_state(self.node, self.state())
 
     def guard(self, ctx: CommandContext, towards_safe: bool) -> None:
         self.agent.guard(ctx, towards_safe=towards_safe)
@@ -219,12 +234,19 @@ class InstrumentService:
 # ---------------------------------------------------------------------------- kinds
 class AcSourceService(InstrumentService):
     kind = "ac_source"
+    energises = True
 
     def ops(self) -> dict[str, Op]:
         return super().ops() | {
             "set": (self._set, AcSetArgs),
             "output": (lambda a, c: self._set(AcSetArgs(output=a.state), c), OnOff),
             "dip": (self._dip, DipArgs),
+        }
+
+    def safe_ops(self) -> dict[str, Any]:
+        return super().safe_ops() | {
+            "output": lambda a: a.state == "off",
+            "set": lambda a: a.output == "off" and a.voltage is None and a.frequency is None,
         }
 
     def refresh(self) -> dict[str, Any]:
@@ -263,12 +285,19 @@ class AcSourceService(InstrumentService):
 
 class LoadBankService(InstrumentService):
     kind = "load_bank"
+    energises = True
 
     def ops(self) -> dict[str, Op]:
         return super().ops() | {
             "draw": (self._draw, DrawArgs),
             "off": (self._off, None),
             "set": (self._set, LoadSetArgs),
+        }
+
+    def safe_ops(self) -> dict[str, Any]:
+        return super().safe_ops() | {
+            "off": True,
+            "set": lambda a: a.state == "off" and a.amps is None and a.watts is None,
         }
 
     def refresh(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from . import __version__
 from .broker import BrokerError, Endpoint
-from .bus import Bus, CommandContext, Refused
+from .bus import Bus, BusLoopDied, CommandContext, Refused
 from .clock import LabClock
 from .config import BenchConfig, LabConfig
 from .contract import Heartbeat, Node, agent_node
@@ -113,8 +113,13 @@ class Agent:
         self.estop_latched = False
         self.estop_reason: str | None = None
         self.safe_events: list[dict[str, Any]] = []
+        # presence beats as often as the lease holder's heartbeat: a simulated
+        # bench drops its relays when the agent falls silent for heartbeat_timeout
         self.bus = Bus(endpoint, client_id=f"agent-{bench}-{uuid.uuid4().hex[:6]}", clock=self.clock,
-                       presence=self.node, presence_info={"kind": "agent"})
+                       presence=self.node, presence_info={"kind": "agent"},
+                       heartbeat_interval=min(1.0, self.heartbeat_timeout / 4))
+        self.bus.on_fatal = self._bus_died
+        self.fatal: str | None = None
         # Outputs exist, in their safe state, before anything can command them.
         self.relays: dict[str, Relay] = {
             name: Relay(name, rc, self.clock, self.factory, on_change=self._relay_changed)
@@ -124,7 +129,8 @@ class Agent:
         self.estop: EStop | None = None
         if self.cfg.controller.estop is not None:
             self.estop = EStop(self.cfg.controller.estop, self.factory, on_press=self._estop_input)
-        self._watchdog = threading.Thread(target=self._watch_heartbeat, name=f"watchdog:{bench}", daemon=True)
+        self._watchdog = threading.Thread(target=self._supervised, args=(self._watch_heartbeat,),
+                                          name=f"watchdog:{bench}", daemon=True)
         self.instruments: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -145,12 +151,14 @@ class Agent:
         # GPIO and the lease table never block: served inline on the network thread
         s(self.node, "lease.acquire", self._lease_acquire, LeaseArgs, inline=True)
         s(self.node, "lease.release", self._lease_release)
-        s(self.node, "estop.trip", self._estop_trip_cmd, ReasonArgs)
+        # safe-direction: never refused as expired, never behind instrument I/O (the express lane)
+        s(self.node, "estop.trip", self._estop_trip_cmd, ReasonArgs, safe=True, supersedes="all")
         s(self.node, "estop.reset", self._estop_reset)
-        s(self.node, "safe", self._safe_cmd)
+        s(self.node, "safe", self._safe_cmd, safe=True, supersedes="all")
         s(self.node, "status", lambda _a, _c: self.status(), inline=True)
-        for name in self.relays:
-            s(Node(self.bench_name, "relay", name), "set", self._relay_set, RelayArgs, inline=True)
+        for name, relay in self.relays.items():
+            s(Node(self.bench_name, "relay", name), "set", self._relay_set, RelayArgs, inline=True,
+              safe=lambda args, r=relay: (args.state == "on") == r.safe_on)
         self._start_instruments()
         for relay in self.relays.values():
             self._publish_relay(relay)
@@ -213,10 +221,39 @@ class Agent:
         signal.signal(signal.SIGINT, on_signal)
         try:
             self.start()
-            while not self._wake.wait(0.5):
+            while not self._wake.wait(0.5) and not self.fatal:
                 pass
         finally:
-            self.stop(f"agent exit ({self._stop_requested or 'crash'})")
+            self.stop(f"agent exit ({self._stop_requested or self.fatal or 'crash'})")
+        if self.fatal:
+            # a supervisor (systemd, `rig up`) restarts an agent that exits non-zero
+            raise BusLoopDied(f"agent {self.bench_name}: {self.fatal}; every output was put in its safe state")
+
+    def _bus_died(self, reason: str) -> None:
+        """paho's network loop ended: the agent can no longer hear a heartbeat
+        or an E-stop command.  Bench safe, then stop (``run`` exits non-zero)."""
+        self.fatal = f"MQTT network loop died ({reason})"
+        log.critical("agent %s: %s: going safe and exiting", self.bench_name, self.fatal)
+        self.all_safe(self.fatal)
+        self.stop(self.fatal)
+        wake = getattr(self, "_wake", None)
+        if wake is not None:
+            wake.set()
+
+    def _supervised(self, loop: Callable[[], None]) -> None:
+        """Run a safety loop (the heartbeat watchdog) for the agent's life:
+        if it raises, log it, put the bench safe and run it again."""
+        while not self._stop.is_set():
+            try:
+                loop()
+                return
+            except Exception:  # noqa: BLE001 - the watchdog must not die silently
+                log.exception("agent %s: %s failed; bench going safe, restarting it", self.bench_name, loop.__name__)
+                try:
+                    self.all_safe(f"{loop.__name__} failed")
+                except Exception:  # noqa: BLE001
+                    log.exception("agent %s: could not go safe", self.bench_name)
+                self._stop.wait(0.05)
 
     # ------------------------------------------------------------------ safety
     def all_safe(self, reason: str) -> list[str]:
@@ -232,12 +269,14 @@ class Agent:
             record = {"reason": reason, "outputs": changed, "ts": self.clock.now()}
             self.safe_events.append(record)
             log.warning("bench %s safe (%s): %s", self.bench_name, reason, ", ".join(changed))
-            if self.bus.connected:
+            try:
                 self.bus.publish_event(self.node, "safe", record)
+            except Exception:  # noqa: BLE001 - the outputs are safe; the event is information
+                log.exception("bench %s: event/safe not published", self.bench_name)
         return changed
 
     def trip_estop(self, reason: str) -> None:
-        with self._lock:
+        with self._lock:   # after this, no relay command passes the guard
             self.estop_latched, self.estop_reason = True, reason
         self.all_safe(f"estop: {reason}")
         if self.bus.connected:
@@ -427,16 +466,18 @@ class Agent:
     def _relay_set(self, args: RelayArgs, ctx: CommandContext) -> dict:
         relay = self.relays[ctx.node.name]
         on = args.state == "on"
-        self.guard(ctx, towards_safe=(on == relay.safe_on))
-        relay.set(on, reason=f"command from {ctx.sender}")
+        with self._lock:   # the guard and the switching as one: an E-stop trip cannot fall between them
+            self.guard(ctx, towards_safe=(on == relay.safe_on))
+            relay.set(on, reason=f"command from {ctx.sender}")
         return relay.state()
 
     # ------------------------------------------------------------------ state
     def _relay_changed(self, relay: Relay, _reason: str) -> None:
         # each relay's own retained state says it; the agent's status is
-        # republished only when the lease or the E-stop changes
-        if self.bus.connected:
-            self._publish_relay(relay)
+        # republished only when the lease or the E-stop changes.  Published
+        # even while the broker is away: it goes when the broker is back, so
+        # the retained state never disagrees with the relay
+        self._publish_relay(relay)
 
     def _publish_relay(self, relay: Relay) -> None:
         self.bus.publish_state(Node(self.bench_name, "relay", relay.name), relay.state())

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from .config import BrokerConfig, TlsConfig
+from .contract import MAX_PACKET
 from .security import write_private
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -475,7 +476,8 @@ def mosquitto_conf(host: str | None, port: int, passwd: Path, acl: Path, cfg: Br
     TLS; ``service``: for a lab's broker run as the system's mosquitto service."""
     lines = [f"listener {port}{' ' + host if host else ''}", "allow_anonymous false",
              f"password_file {passwd}", f"acl_file {acl}", "set_tcp_nodelay true",
-             "log_type error", "log_type warning"]
+             "log_type error", "log_type warning",
+             f"max_packet_size {MAX_PACKET}"]   # a bigger packet disconnects its sender (the bus's size limit)
     if not service:
         lines.append("persistence false")
     if os.geteuid() == 0 and not service:

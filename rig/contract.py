@@ -27,19 +27,33 @@ broker ACL can grant a role one op (a PPMID adapter may publish
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ROOT = "rig/v1"
+#: the largest payload the rig sends or accepts (bytes); the mosquitto the
+#: rig starts refuses larger packets (``max_packet_size``: the payload plus
+#: room for the topic and header)
+MAX_PAYLOAD = 256 * 1024
+MAX_PACKET = MAX_PAYLOAD + 4096
 LAB_CLOCK = f"{ROOT}/_lab/clock"
+REPLY_ROOT = f"{ROOT}/_reply"
 _LEVEL = re.compile(r"^[A-Za-z0-9_.-]+$")
+#: a reply topic: ``rig/v1/_reply/<client>``, one level, no wildcard, no control character
+_REPLY = re.compile(r"^rig/v1/_reply/[^/+#\x00-\x1f\x7f]{1,128}$")
 
 
 def reply_topic(client_id: str) -> str:
-    return f"{ROOT}/_reply/{client_id}"
+    return f"{REPLY_ROOT}/{client_id}"
+
+
+def is_reply_topic(topic: object) -> bool:
+    """Whether ``topic`` is a topic a node may send a reply to."""
+    return isinstance(topic, str) and _REPLY.match(topic) is not None
 
 
 @dataclass(frozen=True)
@@ -107,11 +121,29 @@ class Command(Envelope):
     start, after it is refused with ``expired`` and never executed."""
 
     id: str = Field(..., min_length=1, max_length=128)
-    reply_to: str = Field(..., min_length=1)
-    sender: str = Field(..., min_length=1)
-    expires: float = Field(..., description="lab time after which the command must not run")
+    reply_to: str = Field(..., min_length=1, max_length=256,
+                          description="rig/v1/_reply/<client>: one topic level, no wildcard")
+    sender: str = Field(..., min_length=1, max_length=200)
+    expires: float = Field(..., description="lab time after which the command must not run; finite")
     args: dict[str, Any] = Field(default_factory=dict)
     lease: "LeaseProof | None" = Field(None, description="proof of the bench lease, for ops that need one")
+
+    @field_validator("reply_to")
+    @classmethod
+    def _reply_topic(cls, v: str) -> str:
+        if not is_reply_topic(v):
+            raise ValueError("must be a reply topic rig/v1/_reply/<client> (one level, no wildcard + or #)")
+        return v
+
+    @field_validator("expires", mode="before")
+    @classmethod
+    def _finite(cls, v: Any) -> Any:
+        # NaN or Infinity would never expire; a bool or a string is not a time
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError("must be a number (lab time, seconds since the epoch)")
+        if not math.isfinite(v):
+            raise ValueError(f"must be a finite lab time, not {v}")
+        return v
 
 
 ErrorCode = Literal[
@@ -123,6 +155,7 @@ ErrorCode = Literal[
     "estop",        # E-stop is latched
     "timeout",      # the hardware behind the node did not answer
     "failed",       # the handler raised unexpectedly
+    "busy",         # the node's command queue is full; not executed, send it again later
 ]
 
 

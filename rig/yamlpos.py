@@ -12,9 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 import re
+import stat
 from typing import Any
 
 import yaml
+
+#: a lab file is small: larger ones are refused before parsing (PyYAML reads
+#: about 100 KiB a second on a busy 2-core machine)
+MAX_BYTES = 512 * 1024
+#: nesting and values after aliases are expanded: an alias bomb or a
+#: self-referring alias is refused instead of eating memory and time
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
 
 
 class YamlError(Exception):
@@ -66,7 +75,22 @@ def dotted(path: tuple) -> str:
     return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path).replace(".[", "[")
 
 
-def _construct(node: yaml.Node, path: tuple, file: str, lines: dict[tuple, int]) -> Any:
+class _Budget:
+    def __init__(self) -> None:
+        self.values = 0
+
+
+def _construct(node: yaml.Node, path: tuple, file: str, lines: dict[tuple, int],
+               budget: _Budget | None = None) -> Any:
+    budget = budget or _Budget()
+    budget.values += 1
+    if budget.values > MAX_VALUES:
+        raise YamlError(file, node.start_mark.line + 1, dotted(path[:1]),
+                        f"more than {MAX_VALUES} values once YAML aliases are expanded: not a lab file "
+                        "(an alias bomb?)")
+    if len(path) > MAX_DEPTH:
+        raise YamlError(file, node.start_mark.line + 1, "",
+                        f"nested deeper than {MAX_DEPTH} levels (or a YAML alias that contains itself)")
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -84,10 +108,10 @@ def _construct(node: yaml.Node, path: tuple, file: str, lines: dict[tuple, int])
                     f"duplicate key (first given on line {lines[sub]})",
                 )
             lines[sub] = key_node.start_mark.line + 1
-            out[key] = _construct(value_node, sub, file, lines)
+            out[key] = _construct(value_node, sub, file, lines, budget)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, path + (i,), file, lines) for i, item in enumerate(node.value)]
+        return [_construct(item, path + (i,), file, lines, budget) for i, item in enumerate(node.value)]
     return _scalar(node)
 
 
@@ -100,21 +124,48 @@ def _scalar(node: yaml.ScalarNode) -> Any:
 
 
 def load(path: str | Path) -> Located:
-    """Load a YAML file into plain data plus key-path line numbers."""
+    """Load a YAML file into plain data plus key-path line numbers.  Anything
+    that is not a small UTF-8 YAML text file (a directory, a device, a
+    binary, a huge file) is a :class:`YamlError` naming the file."""
     path = Path(path)
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise YamlError(file, 0, "", "is a directory, not a lab file")
+        if not stat.S_ISREG(info.st_mode):
+            raise YamlError(file, 0, "", "is not a regular file (a device or a pipe?), not a lab file")
+        if info.st_size > MAX_BYTES:
+            raise YamlError(file, 0, "", f"is {info.st_size} bytes: too big for a lab file (at most {MAX_BYTES})")
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise YamlError(file, 0, "", "file not found") from None
     except OSError as exc:
-        raise YamlError(file, 0, "", f"cannot read: {exc.strerror}") from None
+        raise YamlError(file, 0, "", f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_BYTES:
+        raise YamlError(file, 0, "", f"is over {MAX_BYTES} bytes: too big for a lab file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise YamlError(file, line, "", f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+                                        "a lab file is YAML in UTF-8; is this the right file?") from None
     return loads(text, file)
 
 
 def loads(text: str, file: str = "<string>") -> Located:
+    if len(text) > MAX_BYTES:
+        raise YamlError(file, 0, "", f"is over {MAX_BYTES} characters: too big for a lab file")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise YamlError(file, 0, "", f"nested too deeply: not a lab file (at most {MAX_DEPTH} levels)") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise YamlError(file, line, "", f"not a YAML text file: character #x{char:04x} at offset {exc.position} "
+                                        f"({exc.reason}); is this the right file?") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         if exc.context_mark is not None and "flow" in (exc.context or ""):
@@ -126,7 +177,10 @@ def loads(text: str, file: str = "<string>") -> Located:
     if node is None:
         return Located({}, file, {(): 1})
     lines: dict[tuple, int] = {}
-    data = _construct(node, (), file, lines)
+    try:
+        data = _construct(node, (), file, lines)
+    except RecursionError:
+        raise YamlError(file, 0, "", f"nested too deeply: not a lab file (at most {MAX_DEPTH} levels)") from None
     return Located(data, file, lines)
 
 

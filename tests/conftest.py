@@ -244,3 +244,19 @@ def require_mosquitto() -> None:
         if os.environ.get("RIG_REQUIRE_MOSQUITTO") == "1":
             pytest.fail("mosquitto is required here (RIG_REQUIRE_MOSQUITTO=1) but not installed")
         pytest.skip("mosquitto not installed (apt-get install mosquitto)")
+
+
+# ----------------------------------------------------------------------------- fuzzing (hypothesis)
+try:
+    from hypothesis import HealthCheck, settings as _hsettings
+
+    # "ci" (the default): a fixed set of examples, so a CI run is repeatable and
+    # short; "long": random and many, for hunting (--hypothesis-profile=long)
+    _slow = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
+    _hsettings.register_profile("ci", max_examples=100, deadline=None, derandomize=True, database=None,
+                                suppress_health_check=_slow, print_blob=True)
+    _hsettings.register_profile("long", max_examples=2000, deadline=None, suppress_health_check=_slow,
+                                print_blob=True)
+    _hsettings.load_profile(os.environ.get("RIG_HYPOTHESIS_PROFILE", "ci"))
+except ImportError:   # the fuzz tests skip themselves
+    pass

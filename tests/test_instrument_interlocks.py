@@ -42,6 +42,7 @@ def test_a_rig_script_drives_the_bench_and_the_analyser_witnesses_it(sim_bench, 
     r = bench.analyser.read()
     assert (r.voltage, r.current, r.power, r.frequency) == (230.0, 10.0, 2300.0, 50.0)
     bench.analyser.wait_state(lambda s: s["summary"]["current"] == 10.0, timeout=60)   # for `rig status`
+    bench.mains.relay.wait_switchable()         # LAB-2 counts lab time: at scale 60 a second is 17 wall ms
     bench.mains.off()
     r = bench.analyser.wait_for(lambda r: r.voltage == 0.0, timeout=60, what="mains off")
     assert r.current == 0.0 and r.frequency is None

@@ -28,7 +28,9 @@ Top-level shape (``schema: rig.run/1``; docs/evidence.md has every field)::
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import math
 import os
 import threading
@@ -38,6 +40,7 @@ from typing import Any
 
 from . import JOURNAL_FILE, RECORD_FILE
 
+log = logging.getLogger(__name__)
 SCHEMA = "rig.run/1"
 #: a snapshot of run.json may take at most 1/SNAPSHOT_SHARE of the time between two
 SNAPSHOT_SHARE = 20
@@ -256,14 +259,22 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- writing
 def write_atomic(path: Path, text: str, durable: bool = False) -> None:
     """Replace ``path`` with ``text`` so that a reader (or a kill) sees the old
-    or the new file, never half of one."""
+    or the new file, never half of one.  If the write fails (a full disk),
+    the old file stays and no temporary file is left behind."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        if durable:
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
             f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
 
 
 class RecordWriter:
@@ -290,7 +301,20 @@ class RecordWriter:
         self._dirty = False
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._journal = open(self.journal_path, "a", encoding="utf-8", buffering=1)
+        self._journal_ok = True
         self.closed = False
+        #: the first write that failed (a full disk ...): the run goes on, the
+        #: record in memory stays whole, run.json is kept valid and the run is
+        #: closed incomplete
+        self.error: str | None = None
+
+    def _failed(self, path: Path, exc: OSError) -> None:
+        if self.error is None:
+            self.error = (f"the run record could not be written: {path}: {exc.strerror or exc}"
+                          f"{' (disk full)' if exc.errno == errno.ENOSPC else ''}; "
+                          f"{self.path.name} is kept valid and the run is marked incomplete")
+            log.error("%s", self.error)
+            self.record["files"]["record_error"] = self.error
 
     def emit(self, event: dict[str, Any], snapshot: bool | None = None) -> None:
         """Journal and apply an event.  ``snapshot`` True rewrites run.json now,
@@ -300,7 +324,14 @@ class RecordWriter:
         with self._lock:
             if self.closed:
                 return
-            self._journal.write(line + "\n")
+            if self._journal_ok:
+                try:
+                    self._journal.write(line + "\n")
+                except OSError as exc:
+                    # a torn line is skipped when the journal is read; nothing
+                    # after it is written there (it would be glued to it)
+                    self._journal_ok = False
+                    self._failed(self.journal_path, exc)
             apply(self.record, event)
             self._dirty = True
             boundary = event.get("ev") in ("run.start", "test.start", "test.end", "hardware", "clock", "files")
@@ -315,16 +346,21 @@ class RecordWriter:
         slow = self._last_cost if self._last_cost > SLOW_SNAPSHOT else 0.0
         return max(self.snapshot_interval, slow * SNAPSHOT_SHARE)
 
-    def snapshot(self, durable: bool = False, pretty: bool = False) -> None:
-        """Write run.json now: compact while the run goes (the C encoder;
-        an indented dump of a large record costs several times more), indented
-        when the record is closed."""
+    def snapshot(self, durable: bool = False, pretty: bool = False) -> bool:
+        """Rewrite run.json; False (the old one kept) if it cannot be written.
+        Compact while the run goes (the C encoder; an indented dump of a large
+        record costs several times more), indented when the record is closed."""
         with self._lock:
-            t0 = time.monotonic()
-            write_atomic(self.path, dumps(derive(self.record), indent=1 if pretty else None), durable=durable)
-            self._last_snapshot = time.monotonic()
-            self._last_cost = self._last_snapshot - t0
+            t0 = self._last_snapshot = time.monotonic()
+            try:
+                write_atomic(self.path, dumps(derive(self.record), indent=1 if pretty else None), durable=durable)
+            except OSError as exc:
+                self._failed(self.path, exc)
+                return False
+            finally:
+                self._last_cost = time.monotonic() - t0
             self._dirty = False
+            return True
 
     def flush(self) -> None:
         """Write run.json now if events arrived since the last snapshot."""
@@ -340,9 +376,14 @@ class RecordWriter:
             if self.closed:
                 return self.record
             self.emit({"ev": "run.end", "status": status, "exit_code": exit_code, "finished": finished,
-                       "complete": complete}, snapshot=False)
+                       "complete": complete and self.error is None}, snapshot=False)
+            if self.error is not None:
+                self.record["complete"] = False   # evidence was lost on the way: never a complete run
             self.snapshot(durable=True, pretty=True)
-            self._journal.close()
+            try:
+                self._journal.close()
+            except OSError as exc:
+                self._failed(self.journal_path, exc)
             self.closed = True
             return derive(self.record)
 

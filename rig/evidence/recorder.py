@@ -51,6 +51,21 @@ PARTIAL_EXIT = 6
 STATUS[PARTIAL_EXIT] = "partial"
 
 
+class _RunLog(logging.FileHandler):
+    """The run's log file.  A write that fails (a full disk) stops it
+    quietly: the record already says what was lost, once, and a traceback
+    per log line would bury that."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failed = True
+
+
 def stamp(clock: LabClock) -> dict[str, float]:
     return {"lab": clock.now(), "wall": clock.wall()}
 
@@ -169,7 +184,7 @@ class RunRecorder:
     def _start_log(self) -> None:
         logs = self.run_dir / LOG_DIR
         logs.mkdir(exist_ok=True)
-        handler = logging.FileHandler(logs / "run.log", encoding="utf-8")
+        handler = _RunLog(logs / "run.log", encoding="utf-8")
         handler.setLevel(logging.INFO)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
@@ -295,7 +310,10 @@ class RunRecorder:
         rec = self.writer.close(status, exit_code, finished=stamp(self.clock), complete=complete)
         if self._log_handler is not None:
             logging.getLogger().removeHandler(self._log_handler)
-            self._log_handler.close()
+            try:
+                self._log_handler.close()
+            except OSError:   # a full disk: the record says so already
+                pass
             self._log_handler = None
         if self.store is not None:
             self.store.close()

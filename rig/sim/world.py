@@ -7,9 +7,11 @@ simulated HAN medium (:mod:`rig.sim.devices`, :mod:`rig.sim.han`).
 
 The world follows the controller's relays from the bus, as a meter follows
 the mains contactor's contacts, never by importing the agent.  When the
-agent is gone (presence offline) its relays fall to their safe state, as
-the wiring of a real bench makes them (normally-open contacts, pull
-resistors): the model of the hardware fail-safe.
+agent is gone (presence offline, or no presence heartbeat for the bench's
+``controller.heartbeat_timeout`` wall seconds: killed, hung, or cut off by a
+partition or a broker outage, when no Last Will comes) its relays fall to
+their safe state, as the wiring of a real bench makes them (normally-open
+contacts, pull resistors): the model of the hardware fail-safe.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -54,6 +57,10 @@ class World:
         self.parts: list[Any] = []   # started parts, each with .stop()
         self._relay_state: dict[str, bool] = {}
         self._agent_online = False
+        self._agent_seen = 0.0              # monotonic time of the agent's last presence
+        self._agent_silence = self.cfg.controller.heartbeat_timeout
+        self._mains_lock = threading.Lock()
+        self._stopped = threading.Event()
 
     # ------------------------------------------------------------------ relays -> physics
     def _follow_relays(self) -> None:
@@ -71,11 +78,34 @@ class World:
                 self._apply_mains(payload.get("changed"))
 
         def on_agent(_topic: str, payload: Any) -> None:
-            self._agent_online = bool(isinstance(payload, dict) and payload.get("online"))
+            online = bool(isinstance(payload, dict) and payload.get("online"))
+            if online:
+                # an agent that beats slower than the timeout gets two of its beats
+                beat = payload.get("heartbeat_interval")
+                beat = float(beat) if isinstance(beat, (int, float)) and beat > 0 else 0.0
+                self._agent_silence = max(self.cfg.controller.heartbeat_timeout, 2 * beat)
+            self._agent_seen = time.monotonic()
+            self._agent_online = online
             self._apply_mains()
 
         self.bus.subscribe(node.state, on_relay)
         self.bus.subscribe(agent.presence, on_agent)
+        threading.Thread(target=self._watch_agent, name=f"sim-agent-watch:{self.bench_name}", daemon=True).start()
+
+    def _watch_agent(self) -> None:
+        """An agent that falls silent is gone: no Last Will comes from a hung
+        process, a partition or a broker that is down (and amqtt sends none on
+        keepalive expiry), so the world does not wait for one."""
+        while not self._stopped.wait(0.05):
+            try:
+                silent = time.monotonic() - self._agent_seen
+                if self._agent_online and silent > self._agent_silence:
+                    log.warning("agent of %s silent for %.1f wall s: its relays fall to their safe state",
+                                self.bench_name, silent)
+                    self._agent_online = False
+                    self._apply_mains()
+            except Exception:  # noqa: BLE001 - the fail-safe model must not die
+                log.exception("watching the agent of %s", self.bench_name)
 
     def _apply_mains(self, changed: Any = None) -> None:
         """Put the mains relay where the agent says, as of the moment it says it
@@ -83,14 +113,16 @@ class World:
         simulation hears of it a bus hop later), unless that is older than the
         hop can explain (a retained state from before this world started)."""
         relay = self.cfg.wiring.mains_relay
-        closed = self._relay_state.get(relay, self._mains_safe_closed) if self._agent_online else self._mains_safe_closed
-        if closed != self.physics.mains_relay:
-            now = self.clock.now()
-            at = float(changed) if isinstance(changed, (int, float)) else None
-            if at is not None and not now - self.clock.lab_seconds(MAX_HOP) <= at <= now:
-                at = None
-            log.info("mains relay %s %s", relay, "closed" if closed else "open")
-            self.physics.set_mains_relay(closed, at)
+        with self._mains_lock:
+            closed = (self._relay_state.get(relay, self._mains_safe_closed) if self._agent_online
+                      else self._mains_safe_closed)
+            if closed != self.physics.mains_relay:
+                now = self.clock.now()
+                at = float(changed) if isinstance(changed, (int, float)) else None
+                if at is not None and not now - self.clock.lab_seconds(MAX_HOP) <= at <= now:
+                    at = None
+                log.info("mains relay %s %s", relay, "closed" if closed else "open")
+                self.physics.set_mains_relay(closed, at)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "World":
@@ -112,6 +144,7 @@ class World:
             self.bus.publish_state(self.node, {"physics": self.physics.describe()})
 
     def stop(self) -> None:
+        self._stopped.set()
         for part in reversed(self.parts):
             try:
                 part.stop()

@@ -85,6 +85,12 @@ def test_disable_arm_then_the_meter_button_enables(bench, esme, dcc, load, analy
     end of the hold (timed by the rig)."""
     load.draw(amps=LOAD_A)
     analyser.wait_for(lambda r: r.current > LIVE_A, 30, "load drawing before the trial")
+    with step("remote arm and enable of an enabled supply: nothing to do"):
+        measure("safety.arm_of_enabled_answer", _supply_after(dcc, "supplier", "arm"), equals="refused",
+                requirement="SUP-1", observed_by="dcc")
+        measure("safety.enable_of_enabled_answer", _supply_after(dcc, "supplier", "enable"), equals="enabled",
+                requirement="SUP-1", observed_by="dcc")
+    t0 = clock.now()
     for trial in range(settings.safety.trials):
         with step("remote disable", trial=trial):
             dcc.disable()
@@ -94,6 +100,13 @@ def test_disable_arm_then_the_meter_button_enables(bench, esme, dcc, load, analy
             dcc.arm()
             esme.wait_supply("armed")
         dead_for(bench, analyser, WATCH, measure, "safety.load_current_armed", requirement="SUP-2", trial=trial)
+        if trial == 0:
+            armed = first_alert(bench, dcc, t0, clock.now() + 10.0, lambda a: a.get("device") == esme.name
+                                and a.get("code") in ("0x8F32", "0x8F33", "0x8168"), inbox="supplier")
+            measure("safety.arm_alert", armed.get("code") if armed else None, equals="0x8F32", requirement="SUP-1",
+                    observed_by="dcc", note="the supplier hears the meter is armed (Supply Armed)")
+            measure("safety.second_arm_answer", _supply_after(dcc, "supplier", "arm"), equals="armed",
+                    requirement="SUP-1", observed_by="dcc")
         with step("meter press and hold", trial=trial):
             action = press_and_hold(clock, esme, hold_seconds(reference))
         enable_latency(bench, analyser, action, bound(reference), measure, "meter button", reference, trial=trial)
@@ -665,15 +678,19 @@ def test_a_utrn_is_accepted_once(esme, ppmid, dcc, step, measure):
 def test_credit_restored_arms_and_only_a_local_action_enables(bench, esme, ppmid, dcc, load, analyser, clock, step,
                                                               measure, reference):
     """Credit runs out: the meter disables.  Emergency credit activated at the
-    PPMID, and then a top-up, each arm it (0x8168 for emergency credit, at
-    the head end's sink) and never close it: only a local action does."""
+    PPMID, then a top-up, each arm it (0x8168 and 0x8F32 "Supply Armed", at
+    the supplier's inbox) and never close it: only a local action does.  A
+    top-up while the supplier also holds a disablement lifts the credit's
+    only: the supply stays disabled until the supplier arms (SUP-6)."""
     load.draw(amps=LOAD_A)
-    t0 = clock.now()
-    for path in ("emergency credit", "top-up"):
+    for path in ("emergency credit", "top-up", "top-up, supplier disabled too"):
+        t_path = clock.now()
         credit = dcc.read(what="prepayment")["credit"]
         with step("supplier adjusts credit to nothing", path=path):
-            dcc.add_credit(-credit - (10.0 if path == "top-up" else 0.0))
+            dcc.add_credit(-credit - (0.0 if path == "emergency credit" else 10.0))
             esme.wait_supply("disabled")
+            if path.endswith("too"):
+                dcc.disable()
         dead_for(bench, analyser, WATCH, measure, "safety.load_current_credit_exhausted", requirement="SUP-3",
                  path=path)
         with step(path):
@@ -683,10 +700,20 @@ def test_credit_restored_arms_and_only_a_local_action_enables(bench, esme, ppmid
                 ppmid.enter_utrn(dcc.issue_utrn(20.0))
         dead_for(bench, analyser, 2 * WATCH, measure, "safety.load_current_after_credit_restored",
                  requirement="SUP-8", path=path)
-        if path == "emergency credit":
-            alert = first_alert(bench, dcc, t0, clock.now() + 10.0, lambda a: a.get("code") == "0x8168")
-            measure("safety.armed_by_emergency_credit_alerted", alert is not None, equals=True,
-                    requirement="SUP-8", observed_by="dcc")
+        if path.endswith("too"):
+            measure("safety.supply_after_top_up", dcc.read().get("supply"), equals="disabled", requirement="SUP-6",
+                    path=path, observed_by="dcc", note="the supplier's disablement outlives the credit's")
+            with step("supplier arms", path=path):
+                dcc.arm()
+                esme.wait_supply("armed")
+        else:
+            code = "0x8168" if path == "emergency credit" else "0x8F32"
+            alert = first_alert(bench, dcc, t_path, clock.now() + 10.0,
+                                lambda a: a.get("device") == esme.name and a.get("code") in ("0x8168", "0x8F32",
+                                                                                             "0x8F33"),
+                                inbox="supplier")
+            measure("safety.armed_by_credit_alert", alert.get("code") if alert else None, equals=code,
+                    requirement="SUP-8", path=path, observed_by="dcc")
         with step("PPMID enable", path=path):
             action = press_and_hold(clock, ppmid, hold_seconds(reference))
         enable_latency(bench, analyser, action, bound(reference), measure, f"PPMID after {path}", reference)
