@@ -295,14 +295,14 @@ def _remote_enable_disabled(m: SupplyMachine, party, cause, proposed) -> Outcome
     if policy == "refused":
         raise SupplyRefused("this meter refuses a remote enable of a disabled supply (remote_enable: refused)",
                             "SUP-1")
-    if policy == "arms":
-        return _arm(m, party, cause, proposed)
-    left = _lift_own(m, party)
-    if left:
-        return (Supply.DISABLED, left, None, None,
-                f"the {party}'s disablement is lifted; supply stays disabled: still disabled by {_held(left)}",
-                "SUP-6")
-    return Supply.ENABLED, left, None, None, "closed on a remote enable (remote_enable: closes)", "SUP-1"
+    if policy == "closes":
+        left = _lift_own(m, party)
+        if left:
+            return (Supply.DISABLED, left, None, None,
+                    f"the {party}'s disablement is lifted; supply stays disabled: still disabled by {_held(left)}",
+                    "SUP-6")
+        return Supply.ENABLED, left, None, None, "closed on a remote enable (remote_enable: closes)", "SUP-1"
+    return _arm(m, party, cause, proposed)
 
 
 def _local_enable_armed(_m, _party, _cause, _proposed) -> Outcome:
