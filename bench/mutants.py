@@ -135,6 +135,8 @@ class _Sites(ast.NodeVisitor):
     def visit(self, node: ast.AST) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return self._scoped(node.name, node)
+        if _only_bookkeeping(node, self._fn[-1] if self._fn else ""):
+            return      # what the device writes in its own log or on the bus about itself: no check judges it
         if isinstance(node, ast.If) and _mentions_fault(node.test):
             if self._in_scope() and not isinstance(node.test, (ast.UnaryOp, ast.Compare, ast.BoolOp)):
                 self._add(node, "negate")
@@ -188,6 +190,16 @@ _FAULT_NAMES = {"quirks", "rules", "policy", "faults"}
 def _mentions_fault(test: ast.AST) -> bool:
     return any((isinstance(n, ast.Attribute) and n.attr in _FAULT_NAMES) or (isinstance(n, ast.Name) and n.id in
                _FAULT_NAMES) for n in ast.walk(test))
+
+
+def _only_bookkeeping(node: ast.AST, function: str) -> bool:
+    """A statement that only keeps the device's own books: a bookkeeping call, or
+    an ``if`` whose branches hold nothing else."""
+    if isinstance(node, ast.Expr):
+        return _bookkeeping(node, function)
+    if isinstance(node, ast.If):
+        return all(_only_bookkeeping(n, function) for n in node.body + node.orelse)
+    return False
 
 
 def _docstring_like(node: ast.AST) -> bool:
@@ -306,6 +318,11 @@ def run_suites(overlay: Path | None, tmp: Path, timeout: float) -> tuple[str, st
         return "survived", "", wall
     if proc.returncode == 1 and failed:
         return "killed", failed[0], wall
+    if proc.returncode in (1, 2, 3) and ("ERROR " in proc.stdout or "error" in proc.stdout.lower()):
+        # the mutated code broke the bench itself (a twin that cannot start, a lab that does not come up):
+        # the run fails, so the mutant is caught; the detail says how
+        tail = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()][-1:]
+        return "killed", "the bench could not run: " + (tail[0][:120] if tail else f"pytest exit {proc.returncode}"), wall
     return "error", (proc.stdout + proc.stderr)[-600:].strip().replace("\n", " | "), wall
 
 
