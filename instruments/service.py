@@ -111,6 +111,8 @@ class InstrumentService:
     #: a load); a measuring instrument has none, so making the bench safe never
     #: waits on its I/O
     energises: ClassVar[bool] = False
+    #: whether an instrument that stops answering makes the whole bench safe
+    loss_is_a_fault: ClassVar[bool] = True
 
     def __init__(self, agent: Any, name: str, cfg: InstrumentConfig, driver: Any, address: str,
                  bench: dict[str, "InstrumentService"]):
@@ -166,7 +168,7 @@ class InstrumentService:
                     raise refuse(str(exc)) from None
                 except InstrumentError as exc:
                     self._lost(exc)
-                    raise Refused(f"{exc}; the bench was put in its safe state",
+                    raise Refused(f"{exc}; the bench was put in its safe state" if self.loss_is_a_fault else str(exc),
                                   code="timeout" if isinstance(exc, InstrumentTimeout) else "failed") from None
                 self.fault = None
             self.publish()
@@ -178,7 +180,8 @@ class InstrumentService:
         self.fault = str(exc)
         log.error("%s", exc)
         self.publish()
-        self.agent.all_safe(f"{exc}")
+        if self.loss_is_a_fault:
+            self.agent.all_safe(f"{exc}")
 
     # ------------------------------------------------------------------ output protocol
     def is_safe(self) -> bool:
@@ -418,7 +421,13 @@ class AttenuatorService(InstrumentService):
 
 
 class OpticalProbeService(InstrumentService):
+    """The optical probe on a meter.  A meter that does not answer its port is
+    dark (no supply) or the probe is off the port: the read is refused
+    (``timeout``, naming the port) and the bench is left as it is, since the
+    probe energises nothing and a dark meter is what outage checks make."""
+
     kind = "optical_probe"
+    loss_is_a_fault = False
 
     def ops(self) -> dict[str, Op]:
         return super().ops() | {"read": (lambda _a, _c: self._read(), None)}
