@@ -114,7 +114,9 @@ def up(
                 bench_ = powered.bench(bname)
                 bench_.mains.on()
                 if bench_.cfg.wiring.meter:
-                    bench_.esme.wait_state(lambda s_: s_.get("powered"), 60, "meter powered")
+                    from .suites.observe import meter
+
+                    meter(bench_).wait_answering(60)
                 console.print(f"  {bname}: mains [yellow]on[/yellow], lease held by rig up")
 
         if once:
@@ -516,6 +518,8 @@ app.add_typer(evidence_app, name="evidence")
 app.command("verify")(verify)
 app.command("history")(history)
 app.command("report")(report)
+from .cli_probe import probe as _probe  # noqa: E402
+app.command("probe")(_probe)
 
 
 @app.command()
