@@ -429,6 +429,12 @@ class OpticalProbeService(InstrumentService):
     kind = "optical_probe"
     loss_is_a_fault = False
 
+    def _lost(self, exc: InstrumentError) -> None:
+        if isinstance(exc, InstrumentTimeout):
+            log.info("%s", exc)          # the meter is dark: the probe itself is fine
+            return
+        super()._lost(exc)
+
     def ops(self) -> dict[str, Op]:
         return super().ops() | {"read": (lambda _a, _c: self._read(), None)}
 

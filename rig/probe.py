@@ -125,7 +125,7 @@ class Prober:
             missing = sorted(set(buttons) - served)
             pressed = sorted(b for b, v in (state.get("buttons") or {}).items() if v.get("pressed"))
             ok = not missing
-            detail = (f"{len(served)} buttons" + (f", missing {', '.join(missing)}" if missing else "")
+            detail = (f"{len(served)} button{'' if len(served) == 1 else 's'}" + (f", missing {', '.join(missing)}" if missing else "")
                       + (f", pressed now: {', '.join(pressed)}" if pressed else ", all released"))
             self.row(f"{device} buttons", "actuators", where if len(where) < 60 else f"{len(buttons)} GPIO outputs",
                      ok, detail, t0)
@@ -140,9 +140,10 @@ class Prober:
             address = state.get("address") or ic.address
             kind = f"{ic.kind} ({ic.driver})"
             try:
-                identity = self.ask(node, "identify", timeout=max(ANSWER_TIMEOUT, 3 * ic.timeout + 2.0))["identity"]
+                identity = self.ask(node, "identify", timeout=max(ANSWER_TIMEOUT, self.lab.clock.lab_seconds(
+                    3 * ic.timeout + 2.0)))["identity"]
             except CommandError as exc:
-                if ic.kind == "optical_probe" and exc.code == "timeout" and state.get("online") is not False:
+                if ic.kind == "optical_probe" and exc.code == "timeout":
                     meter = ic.device or self.cfg.wiring.meter or "the meter"
                     self.row(name, kind, address, True, f"port open; {meter} does not answer it: no supply? "
                              "(`rig probe --power` reads its identification)", t0)
@@ -235,10 +236,14 @@ class Prober:
                         identity = self.ask(node, "identify")["identity"]
                     except CommandError as exc:
                         why = exc.reason
-                self.rows = [r for r in self.rows if r.part != name]
                 ic = self.cfg.instruments[name]
-                self.row(name, f"{ic.kind} ({ic.driver})", ic.address, identity is not None,
-                         identity or f"no answer with mains on: {why}", t0)
+                before = next((i for i, r in enumerate(self.rows) if r.part == name), None)
+                row = self.row(name, f"{ic.kind} ({ic.driver})",
+                               self.rows[before].address if before is not None else ic.address,
+                               identity is not None, identity or f"no answer with mains on: {why}", t0)
+                if before is not None:      # in place of the row that said the meter was dark
+                    self.rows.pop()
+                    self.rows[before] = row
         finally:
             bench.close()   # the lease goes: every output safe
 
