@@ -9,8 +9,11 @@ command, never by itself; and the load side is always judged by the power
 analyser, never by the meter's own report (property 6).
 
 What a verdict rests on (rig/suites/observe.py): the analyser's samples, the
-rig's own timing of each button it holds, the head end's answers and the
-alerts its sink received, and the HAN tap's view of the air.  Requirement
+bench agent's stamps of each button its actuators press and release, the
+meter's own registers through its optical port, the head end's answers and
+the alerts it received, and the HAN tap's view of the air: what a real lab
+has, so that the checks run unchanged on a bench whose meter and PPMID are
+black boxes (labs/blackbox.yaml).  Requirement
 values (the 5 s enable bound, the 2 s hold) come from the ``reference``
 fixture, never from the device's configuration.  The rig also probes the
 meter's own defences as an attacker or a slow network would: it replays,
@@ -197,8 +200,10 @@ def test_a_remote_enable_of_a_disabled_supply_arms_it_at_most(bench, esme, dcc, 
 def test_the_paired_ppmid_enables_an_armed_supply_promptly(bench, esme, ppmid, dcc, load, analyser, clock, step,
                                                            measure, settings, reference):
     """The paired PPMID's press-and-hold closes an armed supply within the
-    bound of the end of the hold, confirmed by the analyser; its display
-    mirrors the meter's state (SUP-3)."""
+    bound of the end of the hold (the agent's release of the button),
+    confirmed by the analyser; before the press the PPMID has read the
+    meter's supply status and had it answered (SUP-3: what its display
+    mirrors), as the HAN tap sees on the air."""
     load.draw(amps=LOAD_A)
     for trial in range(settings.safety.trials):
         disable_and_arm(bench, dcc, esme, analyser, step)
