@@ -445,6 +445,7 @@ class OpticalProbeService(InstrumentService):
 
     def _read(self) -> dict[str, Any]:
         readout = self.driver.read()
+        self.driver.identity = readout.identification      # the meter on the port, as it last said
         self.summary = {"identification": readout.identification,
                         **{a: f"{r.value}{'*' + r.unit if r.unit else ''}" for a, r in readout.registers.items()}}
         return readout.as_dict()

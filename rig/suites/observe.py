@@ -162,13 +162,17 @@ def keypad(bench, *devices: str) -> str | None:
 
 # ----------------------------------------------------------------------------- the meter's own registers
 class Meter:
-    """The meter as a lab reads it: its optical port (IEC 62056-21 readout)
-    when an optical probe is on it, else the head end's remote read.
+    """The meter as a lab reads it, from its own published registers: its
+    optical port (IEC 62056-21 readout) when the lab declares an optical
+    probe on it; else, for a meter bridged onto the bus by a zigpy radio
+    (``backend: zigpy``), its ZCL Metering attributes as the bridge reads
+    them; else the head end's remote read.
 
     ``source`` names it (``observed_by``).  The registers give the supply
     state (``96.3.10``: 0 disconnected, 1 connected, 2 ready for
-    reconnection), the logbook (``P.98``) gives the event log; a meter that
-    does not answer its port has no supply."""
+    reconnection; ZCL ``supply_status``), the logbook (``P.98``) gives the
+    event log (only an optical probe gives one); a meter that does not
+    answer has no supply."""
 
     SUPPLY = {"0": "disabled", "1": "enabled", "2": "armed"}
 
@@ -178,7 +182,9 @@ class Meter:
         probes = [n for n, i in bench.cfg.instruments.items() if i.kind == "optical_probe"
                   and (i.device or bench.cfg.wiring.meter) == self.name]
         self.probe = probes[0] if probes else None
-        self.source = self.probe or "dcc"
+        dev = bench.cfg.devices.get(self.name)
+        self.bridged = self.probe is None and dev is not None and dev.backend == "zigpy"
+        self.source = self.probe or (f"{self.name} (zigpy bridge)" if self.bridged else "dcc")
         # a read of a dark meter costs the probe's whole timeout (wall seconds): a wait allows a few
         io = bench.cfg.instruments[self.probe].timeout if self.probe else 2.0
         self.least_wait = bench.clock.lab_seconds(3 * io + 1.0)
@@ -207,6 +213,8 @@ class Meter:
             value = ((got.get("registers") or {}).get("96.3.10") or {}).get("value")
             return self.SUPPLY.get(str(value).strip()) if value is not None else None
         try:
+            if self.bridged:
+                return self.bench.device(self.name).request("read", timeout=10.0).get("supply")
             return self.bench.dcc.read(self.name).get("supply")
         except CommandError as exc:
             if exc.code == "timeout":
