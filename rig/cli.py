@@ -391,14 +391,14 @@ def agent(
     """Run a bench's controller agent (on the bench's Raspberry Pi; `rig up` starts
     one per bench).  Outputs go safe at start, exit, SIGTERM and lost heartbeat."""
     from .agent import Agent
-    from .clock import LabClock
-    from .launch import die_with_parent
+    from .launch import child_clock, die_with_parent
 
     die_with_parent()
     setup_logging(verbose)
     cfg = load(lab)
     cfg.bench(bench)
-    Agent(cfg, bench, _child_endpoint(cfg, broker), LabClock.from_env(cfg.lab.clock.scale)).run()
+    endpoint = _child_endpoint(cfg, broker)
+    Agent(cfg, bench, endpoint, child_clock(cfg, endpoint, "agent")).run()
 
 
 @app.command()
@@ -410,15 +410,15 @@ def sim(
 ) -> None:
     """Serve a bench's simulated parts: physics, instruments, device twins, HAN
     (`rig up` starts it for benches with simulated parts)."""
-    from .clock import LabClock
-    from .launch import die_with_parent
+    from .launch import child_clock, die_with_parent
     from .sim.world import World
 
     die_with_parent()
     setup_logging(verbose)
     cfg = load(lab)
     cfg.bench(bench)
-    World(cfg, bench, _child_endpoint(cfg, broker), LabClock.from_env(cfg.lab.clock.scale)).run()
+    endpoint = _child_endpoint(cfg, broker)
+    World(cfg, bench, endpoint, child_clock(cfg, endpoint, "sim")).run()
 
 
 # ----------------------------------------------------------------------------- run
@@ -428,13 +428,21 @@ def run(
     lab: Path = LabOpt,
     suite: Optional[str] = typer.Option(None, help="comma-separated suites (default: all)"),
     k: Optional[str] = typer.Option(None, "-k", help="pytest -k expression"),
-    bench: Optional[str] = typer.Option(None, help="the bench to run on (default: the first)"),
+    bench: Optional[str] = typer.Option(None, help="benches to run on, comma-separated (default: every bench "
+                                        "of the lab, side by side: one pytest-xdist worker per bench)"),
     clock_scale: Optional[float] = typer.Option(None, "--clock-scale", help="override lab.yaml's clock scale"),
     results: Optional[Path] = typer.Option(None, help="results directory (default: lab.yaml results.dir)"),
 ) -> None:
-    """Run the nightly suite on the lab (bringing a simulated lab up if it is not
-    up), write a run folder and exit non-zero on any failure.  Extra arguments
-    go to pytest."""
+    """Run the nightly suite on every bench of the lab (bringing a simulated lab
+    up if it is not up), write one run folder and exit non-zero on any failure.
+
+    Each bench runs on its own worker, which leases it; in a lab of several
+    benches a check's id carries its bench as its first parameter.  A bench whose agent
+    is offline, E-stopped or leased by someone else is reported as not run,
+    with the reason, and the others go on; a check needing a part its bench
+    lacks is skipped with the reason.  Exit: 0 passed; 1 a check failed;
+    6 what ran passed but a bench did not run or was cut short.  Extra
+    arguments go to pytest."""
     from .runner import run_suites
 
     cfg = load(lab)

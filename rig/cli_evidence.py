@@ -121,12 +121,16 @@ def _say_which_selftest(run: Path, selftest: Optional[Path]) -> None:
 @evidence_app.command("safety")
 def safety(
     run: Path = typer.Option(..., "--run", help="the run folder"),
-    out: Optional[Path] = typer.Option(None, help="HTML file to write (default: RUN.safety.html beside the run)"),
+    out: Optional[Path] = typer.Option(None, help="HTML file to write (default: RUN.safety.html beside the run); "
+                                       "for a run of several benches, the folder the packs go to"),
     pdf: bool = typer.Option(False, "--pdf", help="also print it to PDF with headless Chromium"),
     selftest: Optional[Path] = typer.Option(None, "--selftest",
                                             help="a `rig selftest` run folder: its self-checks prove the checks can fail"),
+    bench: Optional[str] = typer.Option(None, "--bench", help="only this bench's pack (comma-separated: several)"),
 ) -> None:
-    """Build the PPMID enable-supply safety evidence pack of a run.
+    """Build the PPMID enable-supply safety evidence pack of a run: one per
+    device under test (a run of several benches gives RUN.safety.<bench>.html
+    for each bench, from that bench's checks and devices only).
 
     Per safety property: the trials observed, the instruments that observed
     them, the faults the checks were shown to detect (self-checks from
@@ -135,17 +139,26 @@ def safety(
 
     The six safety properties: trials, failures, worst enable latency, stale
     and replay results, self-checks, and the hash of the run it came from."""
-    from .evidence.record import RecordError
-    from .evidence.safety_pack import build
+    from .evidence.record import RecordError, load_run
+    from .evidence.safety_pack import build, build_all, devices_under_test
 
     _say_which_selftest(run, selftest)
     try:
-        html_path, pdf_path = build(run, out, pdf=pdf, selftest_dir=selftest)
+        several = len(devices_under_test(load_run(run))) > 1
+        if several:
+            if out is not None and out.suffix == ".html":
+                _fail(f"{run.name} has several benches: --out names a folder for their packs, not one file")
+            packs = build_all(run, out, pdf=pdf, selftest_dir=selftest,
+                              benches=[b.strip() for b in bench.split(",")] if bench else None)
+        else:
+            packs = [(None, *build(run, out, pdf=pdf, selftest_dir=selftest))]
     except RecordError as exc:
         _fail(str(exc))
     except RuntimeError as exc:
         _fail(str(exc), 1)
-    console.print(f"safety pack: {html_path}" + (f" and {pdf_path}" if pdf_path else ""))
+    for name, html_path, pdf_path in packs:
+        where = f" ({name})" if name else ""
+        console.print(f"safety pack{where}: {html_path}" + (f" and {pdf_path}" if pdf_path else ""), highlight=False)
 
 
 # ----------------------------------------------------------------------------- history
@@ -207,7 +220,8 @@ def history(
     changes = _changes(runs, trends)
     if as_json:
         print(json.dumps({"runs": runs, "changes": changes,
-                          "tests": [{"nodeid": t.nodeid, "verdicts": t.verdicts, "durations": t.durations,
+                          "tests": [{"nodeid": t.nodeid, "bench": t.bench, "verdicts": t.verdicts,
+                                     "durations": t.durations,
                                      "run_ids": t.run_ids, "pass_rate": t.pass_rate, "flaky": t.flaky,
                                      "flaky_on": t.flaky_on} for t in trends]}, indent=2, default=str))
         return
@@ -244,7 +258,8 @@ def _print_runs(runs: list[dict[str, Any]]) -> None:
     from .evidence.report import iso
 
     t = Table(title="runs (newest first)", title_justify="left")
-    for col in ("run", "started (UTC)", "state", "status", "tests", "passed", "failed", "clock", "fault profiles"):
+    for col in ("run", "started (UTC)", "state", "status", "benches", "tests", "passed", "failed", "clock",
+                "fault profiles"):
         t.add_column(col)
     for r in runs:
         state = {"complete": "[green]complete[/green]", "running": "[yellow]running[/yellow]"}.get(
@@ -253,14 +268,48 @@ def _print_runs(runs: list[dict[str, Any]]) -> None:
         colour = "green" if status == "passed" else "red" if status in ("failed", "internal_error") else "yellow"
         faults = json.loads(r.get("faults") or "{}")
         t.add_row(r["id"], iso(r.get("started_wall"))[:19], state, f"[{colour}]{status}[/{colour}]",
-                  str(r.get("total") if r.get("total") is not None else "?"), str(r.get("passed") or 0),
+                  _bench_cell(r), str(r.get("total") if r.get("total") is not None else "?"), str(r.get("passed") or 0),
                   str((r.get("failed") or 0) + (r.get("errors") or 0)), f"x{r.get('clock_scale') or 0:g}",
                   "; ".join(f"{k}: {', '.join(v)}" for k, v in faults.items()) or "none")
     console.print(t)
 
 
+_BENCH_COLOUR = {"passed": "green", "failed": "red", "not_run": "yellow", "incomplete": "yellow",
+                 "running": "yellow"}
+
+
+def _bench_cell(run: dict[str, Any]) -> Text:
+    """Each bench of a run with its status (and why, when it did not run)."""
+    try:
+        benches = json.loads(run.get("benches") or "null")
+    except ValueError:
+        benches = None
+    if not benches:
+        return Text(run.get("bench") or "—")
+    out = Text()
+    for i, (name, b) in enumerate(benches.items()):
+        status = (b or {}).get("status") or "?"
+        if i:
+            out.append("\n")
+        out.append(f"{name} ")
+        out.append(status.replace("_", " "), style=_BENCH_COLOUR.get(status, ""))
+        if (b or {}).get("reason") and status in ("not_run", "incomplete"):
+            out.append(f" ({b['reason'][:60]})", style="dim")
+    return out
+
+
 def _print_trends(trends: list[Any], nruns: int) -> None:
-    t = Table(title=f"tests over the last {nruns} runs (oldest to newest)", title_justify="left")
+    """One table per bench (a lab run's tests carry their bench), oldest to newest."""
+    groups: dict[str | None, list[Any]] = {}
+    for tr in trends:
+        groups.setdefault(tr.bench, []).append(tr)
+    for bench, group in groups.items():
+        where = f" on {bench}" if bench and len(groups) > 1 else ""
+        _print_trend_table(group, nruns, f"tests{where} over the last {nruns} runs (oldest to newest)")
+
+
+def _print_trend_table(trends: list[Any], nruns: int, title: str) -> None:
+    t = Table(title=title, title_justify="left")
     for col in ("test", "pass rate", "verdicts", "duration (wall s)", "last", "flaky"):
         t.add_column(col)
     for tr in trends:

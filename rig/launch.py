@@ -172,6 +172,39 @@ class LabUp:
                 for c in self.children]
 
 
+#: wall seconds a `rig agent`/`rig sim` started on its own waits for the lab clock on the bus
+CLOCK_WAIT = {"agent": 1.5, "sim": 2.0}
+
+
+def child_clock(cfg: LabConfig, endpoint: Endpoint, role: str = "agent") -> LabClock:
+    """The lab clock for a bench process (``rig agent``, ``rig sim``).
+
+    Started by ``rig up``/``rig run`` it inherits the clock (``RIG_CLOCK``).
+    Started on its own, on another host, it adopts the anchor retained on the
+    lab's bus (whoever came first published it), so every process of the lab
+    shares one lab time; only when there is none yet does it start one (the
+    agent publishes it).  At clock scale 1 (hardware) every anchor gives the
+    same lab time, so the order does not matter there; in a simulated lab
+    spread over hosts, start one agent first or hand ``RIG_CLOCK`` around."""
+    if os.environ.get("RIG_CLOCK"):
+        return LabClock.from_env(cfg.lab.clock.scale)
+    from .lab import adopt_clock
+
+    clock = LabClock(scale=cfg.lab.clock.scale)
+    try:
+        with Bus(endpoint, client_id=f"clock-{role}-{os.getpid()}", clock=clock) as bus:
+            anchor = adopt_clock(bus, wait=CLOCK_WAIT.get(role, 1.5))
+            if anchor is None:
+                bus.publish_clock()   # the first process of the lab: its clock is the lab's
+    except Exception as exc:  # noqa: BLE001 - the process itself reports an unreachable broker
+        log.warning("lab clock not read from the bus (%s): starting one", exc)
+        anchor = None
+    if anchor is not None:
+        log.info("adopted the lab clock from the bus: x%g since %s", anchor.scale, anchor.wall)
+        return LabClock(anchor=anchor)
+    return clock
+
+
 def lab_is_up(cfg: LabConfig) -> bool:
     ep = endpoint_for(cfg.broker)
     return port_open(ep.host, ep.port)

@@ -1,5 +1,16 @@
 """``rig run``: bring the lab up if needed, run the suites with pytest, keep
-everything in a run folder, seal it, and say what failed and why."""
+everything in a run folder, seal it, and say what failed and why.
+
+Every bench of the lab by default (``--bench`` selects some): one
+pytest-xdist worker per bench, each leasing its own bench, all writing into
+one run folder whose ``run.json`` has a section per bench.  A bench that
+cannot run (agent offline, leased by someone else, E-stop) is reported as
+not run with the reason; the others go on.
+
+Exit codes: 0 every bench ran and passed; 1 a check failed; 2 interrupted;
+5 no checks selected; 6 what ran passed but a bench did not run or was cut
+short (``partial``).
+"""
 
 from __future__ import annotations
 
@@ -43,7 +54,7 @@ def new_run_dir(results_dir: Path) -> Path:
 
 
 def pytest_args(files: list[Path], run_dir: Path, lab_path: Path, broker_url: str, store: str,
-                bench: str | None, keyword: str | None, extra: list[str]) -> list[str]:
+                bench: str | None, keyword: str | None, extra: list[str], workers: int = 0) -> list[str]:
     ini = run_dir / "pytest.ini"
     ini.write_text("[pytest]\n")
     args = [str(f) for f in files] + [
@@ -54,6 +65,9 @@ def pytest_args(files: list[Path], run_dir: Path, lab_path: Path, broker_url: st
     ]
     if bench:
         args += ["--bench", bench]
+    if workers > 1:
+        # one worker per bench (fixtures/bench_scheduling.py)
+        args += ["-n", str(workers)]
     if keyword:
         args += ["-k", keyword]
     return args + list(extra)
@@ -79,14 +93,51 @@ def explain_failures(run_dir: Path, console: Console) -> None:
         console.print(f"  [red]FAILED[/red] {escape(f'{name} {cites} {reason}')}", highlight=False)
 
 
+def explain_benches(run_dir: Path, console: Console) -> None:
+    """One line per bench of a lab run: its verdict, counts, and why it did
+    not run or was cut short."""
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return
+    benches = record.get("benches") or {}
+    if len(benches) < 2 and not any(sec.get("reason") for sec in benches.values()):
+        return
+    colours = {"passed": "green", "failed": "red", "not_run": "yellow", "incomplete": "yellow"}
+    for name, sec in benches.items():
+        status = sec.get("status", "?")
+        s = sec.get("summary") or {}
+        counts = (f"{s.get('passed', 0)} passed, {s.get('failed', 0) + s.get('error', 0)} failed, "
+                  f"{s.get('skipped', 0)} skipped" if s.get("total") else "no checks ran")
+        reason = f": {sec['reason']}" if sec.get("reason") else ""
+        colour = colours.get(status, "white")
+        console.print(f"  bench {escape(name)}: [{colour}]{status.upper().replace('_', ' ')}[/{colour}] "
+                      f"({counts}){escape(reason)}", highlight=False, soft_wrap=True)
+
+
+def xdist_available() -> bool:
+    """Whether pytest-xdist is installed (found, not imported: pytest must
+    import its plugins itself to rewrite their asserts)."""
+    import importlib.util
+
+    return importlib.util.find_spec("xdist") is not None
+
+
 def run_suites(cfg: LabConfig, lab_path: Path, suites: str | None = None, keyword: str | None = None,
                bench: str | None = None, clock_scale: float | None = None, results_dir: Path | None = None,
                extra: list[str] | None = None, console: Console | None = None) -> int:
+    from .benches import select_benches
+
     console = console or Console()
     files = suite_files(suites)
+    benches = select_benches(cfg, bench)
     run_dir = new_run_dir(Path(results_dir or cfg.lab.results.dir))
     store = cfg.lab.results.store
     console.print(f"run folder: {run_dir}")
+    workers = len(benches) if len(benches) > 1 and xdist_available() else 0
+    if len(benches) > 1:
+        how = f"{workers} workers, one per bench" if workers else "one after another (pytest-xdist not installed)"
+        console.print(f"benches: {', '.join(benches)} ({how})")
     up = None
     if lab_is_up(cfg):
         from .broker import endpoint_for
@@ -100,11 +151,12 @@ def run_suites(cfg: LabConfig, lab_path: Path, suites: str | None = None, keywor
     else:
         with console.status("bringing the simulated lab up..."):
             up = LabUp(cfg, port=0, clock_scale=clock_scale, lab_path=str(lab_path),
-                       log_dir=run_dir / "logs").start()
+                       log_dir=run_dir / "logs", benches=benches).start()
         url = up.endpoint.as_user("orchestrator").url
         console.print(f"lab up: broker {up.endpoint}, clock x{up.clock.scale:g}")
     try:
-        code = int(pytest.main(pytest_args(files, run_dir, lab_path, url, store, bench, keyword, extra or [])))
+        code = int(pytest.main(pytest_args(files, run_dir, lab_path, url, store, ",".join(benches), keyword,
+                                           extra or [], workers)))
     finally:
         if up is not None:
             with console.status("stopping the lab (every output safe)..."):
@@ -112,7 +164,9 @@ def run_suites(cfg: LabConfig, lab_path: Path, suites: str | None = None, keywor
     from .evidence.seal import seal_run
 
     sealed = seal_run(run_dir, store_url=store)
-    verdict = "[green]PASSED[/green]" if code == 0 else "[red]FAILED[/red]"
+    verdict = ("[green]PASSED[/green]" if code == 0 else "[yellow]PARTIAL[/yellow]" if code == 6
+               else "[red]FAILED[/red]")
+    explain_benches(run_dir, console)
     if code != 0:
         explain_failures(run_dir, console)
     console.print(f"{verdict}  results: {run_dir}")

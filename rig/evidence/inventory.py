@@ -91,12 +91,14 @@ def faults_of(cfg: Any) -> dict[str, list[str]]:
             for d, dev in bench.devices.items() if dev.faults}
 
 
-def configured_hardware(cfg: Any, bench: str | None) -> dict[str, dict[str, Any]]:
-    """The instruments and devices lab.yaml gives the bench(es), identity unknown yet."""
+def configured_hardware(cfg: Any, bench: str | list[str] | None) -> dict[str, dict[str, Any]]:
+    """The instruments and devices lab.yaml gives the bench(es) (one name, a
+    list, or None for every bench), identity unknown yet."""
     instruments: dict[str, Any] = {}
     devices: dict[str, Any] = {}
+    wanted = None if bench is None else ({bench} if isinstance(bench, str) else set(bench))
     for bname, b in cfg.benches.items():
-        if bench is not None and bname != bench:
+        if wanted is not None and bname not in wanted:
             continue
         for name, inst in b.instruments.items():
             instruments[f"{bname}/{name}"] = {"bench": bname, "name": name, "kind": inst.kind,

@@ -42,6 +42,10 @@ from . import JOURNAL_FILE, RECORD_FILE
 
 log = logging.getLogger(__name__)
 SCHEMA = "rig.run/1"
+#: a snapshot of run.json may take at most 1/SNAPSHOT_SHARE of the time between two
+SNAPSHOT_SHARE = 20
+#: wall seconds from which a snapshot counts as slow (a small record is always written at the interval)
+SLOW_SNAPSHOT = 0.01
 VERDICTS = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "running")
 
 
@@ -71,7 +75,7 @@ def empty_record(run_id: str) -> dict[str, Any]:
     return {
         "schema": SCHEMA, "id": run_id, "complete": False, "status": "running", "exit_code": None,
         "started": None, "finished": None, "host": None, "pid": None, "argv": [],
-        "lab": None, "bench": None, "clock": None, "software": None,
+        "lab": None, "bench": None, "benches": {}, "clock": None, "software": None,
         "hardware": {"instruments": {}, "devices": {}},
         "files": {}, "tests": [], "summary": summarise([]), "selftest": [],
         "kind": "run", "suites": None, "deviations": [],
@@ -158,12 +162,76 @@ def apply(rec: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+#: a bench's status in a run: ``not_run`` (could not start: agent offline, leased by someone
+#: else, E-stop), ``incomplete`` (cut short: its agent went away, or the run was killed),
+#: ``running``, ``failed``, ``passed``, ``skipped`` (every check skipped), ``no_tests``
+BENCH_STATUSES = ("not_run", "incomplete", "running", "failed", "passed", "skipped", "no_tests")
+
+
+def bench_sections(rec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per bench of the run: its status, the reason when it did not run or
+    was cut short, and its own summary (``run.json`` ``benches``)."""
+    sections = {name: dict(sec) for name, sec in (rec.get("benches") or {}).items()}
+    by_bench: dict[str | None, list[dict[str, Any]]] = {}
+    for t in rec.get("tests", []):
+        by_bench.setdefault(t.get("bench"), []).append(t)
+    for name in by_bench:
+        if name is not None and name not in sections:
+            sections[name] = {"devices": {}, "not_run": None}
+    live = rec.get("status") == "running" and not rec.get("recovered")
+    for name, sec in sections.items():
+        tests = by_bench.get(name, [])
+        summary = summarise(tests)
+        cut = next((t["not_run"] for t in tests if t.get("not_run")), None)
+        reason = None
+        if sec.get("not_run"):
+            status, reason = "not_run", sec["not_run"]
+        elif cut:
+            status, reason = "incomplete", cut.removeprefix(f"{name}: ")
+        elif summary["running"] or live:
+            status = "running" if live else "incomplete"
+            if status == "incomplete":
+                reason = "the run stopped before this bench's checks ended"
+        elif summary["failed"] or summary["error"] or summary["xpassed"]:
+            status = "failed"
+        elif summary["passed"]:
+            status = "passed"
+        elif tests:
+            status = "skipped"
+        else:
+            status = "no_tests"
+        sec.update({"status": status, "reason": reason, "summary": summary,
+                    "not_run_tests": sum(1 for t in tests if t.get("not_run"))})
+    return sections
+
+
 def derive(rec: dict[str, Any]) -> dict[str, Any]:
-    """Fill the fields computed from the tests (``summary``, ``selftest``);
-    done when the record is written, not on every event."""
+    """Fill the fields computed from the tests (``summary``, ``selftest``,
+    each bench's section); done when the record is written, not on every event."""
     rec["summary"] = summarise(rec["tests"])
     rec["selftest"] = [s for t in rec["tests"] for s in t.get("selftests", [])] + rec.get("run_selftests", [])
+    if rec.get("benches") or any(t.get("bench") for t in rec["tests"]):
+        rec["benches"] = bench_sections(rec)
     return rec
+
+
+def bench_record(rec: dict[str, Any], bench: str) -> dict[str, Any]:
+    """The record as seen from one bench: its tests, its instruments and
+    devices, its self-checks (the safety pack is built per device under test)."""
+    prefix = f"{bench}/"
+    hw = rec.get("hardware") or {}
+    tests = [t for t in rec.get("tests", []) if t.get("bench") in (bench, None)]
+    out = {**rec, "bench": bench, "tests": tests,
+           "hardware": {section: {k: v for k, v in (hw.get(section) or {}).items() if k.startswith(prefix)}
+                        for section in ("instruments", "devices")},
+           "benches": {bench: (rec.get("benches") or {}).get(bench, {})}}
+    lab = dict(rec.get("lab") or {})
+    lab["faults"] = {k: v for k, v in (lab.get("faults") or {}).items() if k.startswith(prefix)}
+    out["lab"] = lab
+    out["summary"] = summarise(tests)
+    out["selftest"] = [s for t in tests for s in t.get("selftests", [])] + (
+        rec.get("run_selftests", []) if len(rec.get("benches") or {}) <= 1 else [])
+    return out
 
 
 def fold(events: list[dict[str, Any]], run_id: str = "") -> dict[str, Any]:
@@ -229,6 +297,7 @@ class RecordWriter:
         self.record = empty_record(self.run_dir.name)
         self._lock = threading.RLock()
         self._last_snapshot = float("-inf")  # the first boundary always writes run.json (not "uptime > interval")
+        self._last_cost = 0.0
         self._dirty = False
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._journal = open(self.journal_path, "a", encoding="utf-8", buffering=1)
@@ -267,18 +336,29 @@ class RecordWriter:
             self._dirty = True
             boundary = event.get("ev") in ("run.start", "test.start", "test.end", "hardware", "clock", "files")
             if snapshot or (snapshot is None and boundary
-                            and time.monotonic() - self._last_snapshot >= self.snapshot_interval):
+                            and time.monotonic() - self._last_snapshot >= self._gap()):
                 self.snapshot()
 
-    def snapshot(self, durable: bool = False) -> bool:
-        """Rewrite run.json; False (the old one kept) if it cannot be written."""
+    def _gap(self) -> float:
+        """Seconds between two snapshots: the interval, or for a record so large
+        (a lab run of many benches) that writing it is slow, long enough that
+        the writing takes at most 1/SNAPSHOT_SHARE of a core."""
+        slow = self._last_cost if self._last_cost > SLOW_SNAPSHOT else 0.0
+        return max(self.snapshot_interval, slow * SNAPSHOT_SHARE)
+
+    def snapshot(self, durable: bool = False, pretty: bool = False) -> bool:
+        """Rewrite run.json; False (the old one kept) if it cannot be written.
+        Compact while the run goes (the C encoder; an indented dump of a large
+        record costs several times more), indented when the record is closed."""
         with self._lock:
-            self._last_snapshot = time.monotonic()
+            t0 = self._last_snapshot = time.monotonic()
             try:
-                write_atomic(self.path, dumps(derive(self.record), indent=1), durable=durable)
+                write_atomic(self.path, dumps(derive(self.record), indent=1 if pretty else None), durable=durable)
             except OSError as exc:
                 self._failed(self.path, exc)
                 return False
+            finally:
+                self._last_cost = time.monotonic() - t0
             self._dirty = False
             return True
 
@@ -299,7 +379,7 @@ class RecordWriter:
                        "complete": complete and self.error is None}, snapshot=False)
             if self.error is not None:
                 self.record["complete"] = False   # evidence was lost on the way: never a complete run
-            self.snapshot(durable=True)
+            self.snapshot(durable=True, pretty=True)
             try:
                 self._journal.close()
             except OSError as exc:

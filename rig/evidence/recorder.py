@@ -46,6 +46,9 @@ DEVIATION_OPTIONAL = ("requirement", "units", "reason")
 
 #: pytest exit codes -> run status
 STATUS = {0: "passed", 1: "failed", 2: "interrupted", 3: "internal_error", 4: "usage_error", 5: "no_tests"}
+#: exit code of a run whose checks passed but a bench did not run or was cut short (status ``partial``)
+PARTIAL_EXIT = 6
+STATUS[PARTIAL_EXIT] = "partial"
 
 
 class _RunLog(logging.FileHandler):
@@ -70,10 +73,15 @@ def stamp(clock: LabClock) -> dict[str, float]:
 class RunRecorder:
     def __init__(self, run_dir: str | Path, lab_path: str | Path | None = None, bench: str | None = None,
                  store_url: str | None = None, argv: list[str] | None = None, clock: LabClock | None = None,
-                 junit: str | Path | None = JUNIT_FILE):
+                 junit: str | Path | None = JUNIT_FILE, benches: list[str] | None = None,
+                 not_run: dict[str, str] | None = None):
+        """``benches``: the benches this run goes to (default: ``bench``, else
+        the lab's first); ``not_run``: {bench: why it could not run}."""
         self.run_dir = Path(run_dir)
         self.lab_path = Path(lab_path) if lab_path else None
         self.bench = bench
+        self.benches = list(benches) if benches else ([bench] if bench else None)
+        self.not_run = dict(not_run or {})
         self.store_url = store_url
         self.argv = list(argv if argv is not None else sys.argv)
         self.junit = junit
@@ -110,18 +118,20 @@ class RunRecorder:
                 error = f"{self.lab_path}: {exc.strerror or exc}"
             if self.lab_path.is_file():
                 shutil.copyfile(self.lab_path, self.run_dir / LAB_FILE)
-        if self.cfg is not None and self.bench is None:
-            self.bench = next(iter(self.cfg.benches))
+        if self.benches is None:
+            self.benches = [self.bench] if self.bench else ([next(iter(self.cfg.benches))] if self.cfg else [])
+        self.bench = ", ".join(self.benches) if self.benches else None
         if self.store_url is None:
             self.store_url = (self.cfg.lab.results.store if self.cfg is not None
                               else f"sqlite:///{(self.run_dir.parent / 'history.sqlite').resolve()}")
         self._start_log()
         self.writer = RecordWriter(self.run_dir)
-        hardware = configured_hardware(self.cfg, self.bench) if self.cfg is not None else {"instruments": {}, "devices": {}}
+        hardware = (configured_hardware(self.cfg, self.benches) if self.cfg is not None
+                    else {"instruments": {}, "devices": {}})
         run = {
             "id": self.run_dir.name, "started": stamp(self.clock), "host": socket.gethostname(), "pid": os.getpid(),
             "argv": self.argv, "cwd": os.getcwd(), "lab": lab_section(self.lab_path, self.cfg, error),
-            "bench": self.bench, "clock": self._clock_info(), "software": software(), "hardware": hardware,
+            "bench": self.bench, "benches": self._bench_sections(), "clock": self._clock_info(), "software": software(), "hardware": hardware,
             "store_url": redact(self.store_url),
             "files": {"journal": JOURNAL_FILE, "junit": self._junit_path(), "lab": LAB_FILE if self.lab_path else None,
                       "logs": LOG_DIR, "bus_capture": None},
@@ -130,6 +140,30 @@ class RunRecorder:
         self.writer.emit({"ev": "run.start", "run": run}, snapshot=True)
         self._open_store()
         return self
+
+    def _bench_sections(self) -> dict[str, dict[str, Any]]:
+        """One section per bench of the run: its devices under test and, for a
+        bench that could not run, why (``status`` is derived as tests end)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.benches or []:
+            b = self.cfg.benches.get(name) if self.cfg is not None else None
+            out[name] = {
+                "description": b.description if b is not None else "",
+                "devices": {d: {"kind": dev.kind, "id": dev.id} for d, dev in b.devices.items()} if b else {},
+                "not_run": self.not_run.get(name),
+            }
+        return out
+
+    def benches_cut_short(self) -> list[str]:
+        """Benches that did not run or whose checks were cut short."""
+        if self.writer is None:
+            return []
+        from .record import derive
+
+        sections = derive(self.writer.record).get("benches") or {}
+        # a bench no check of this session needed (none uses a bench) cuts nothing short
+        return [b for b, sec in sections.items()
+                if sec.get("status") in ("not_run", "incomplete") and (sec.get("summary") or {}).get("total")]
 
     def _junit_path(self) -> str | None:
         """The JUnit file, relative to the run folder when it is inside it."""

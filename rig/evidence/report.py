@@ -162,8 +162,9 @@ def build_timelines(run_dir: Path, rec: dict[str, Any], tests: list[dict[str, An
     capture = run_dir / ((rec.get("files") or {}).get("bus_capture") or CAPTURE_FILE)
     if not capture.exists():
         return {}
-    tracks = build_tracks(rec, read_capture(capture))
-    if not any(t.changes for t in tracks.values()):
+    benches = list(rec.get("benches") or {}) or [None]
+    by_bench = {b: build_tracks(rec, read_capture(capture), bench=b) for b in benches}
+    if not any(t.changes for tracks in by_bench.values() for t in tracks.values()):
         return {}
     out: dict[str, str] = {}
     passing = 0
@@ -171,6 +172,7 @@ def build_timelines(run_dir: Path, rec: dict[str, Any], tests: list[dict[str, An
         failed = t.get("verdict") in FAILED
         if not failed and passing >= MAX_PASSING_TIMELINES:
             continue
+        tracks = by_bench.get(t.get("bench")) or by_bench[benches[0]]
         tl = timeline_for(t, tracks)
         if tl is None or tl.empty:
             continue
@@ -196,7 +198,15 @@ def context(run_dir: Path, rec: dict[str, Any], catalogue: Catalogue | None = No
     files = [(name, (run_dir / name).stat().st_size) for name in run_files(run_dir)
              if name not in (REPORT_FILE, MANIFEST_FILE)]
     trace = traceability(rec, catalogue)
+    benches = rec.get("benches") or {}
+    groups: dict[Any, list[dict[str, Any]]] = {name: [] for name in benches}
+    for t in tests:
+        groups.setdefault(t.get("bench"), []).append(t)
+    test_groups = [(name, ts) for name, ts in groups.items() if ts or name in benches]
     return {
+        "benches": benches, "test_groups": test_groups,
+        "anchors": {t["nodeid"]: i for i, t in enumerate(tests, 1)},
+        "cut_short": [name for name, b in benches.items() if b.get("status") in ("not_run", "incomplete")],
         "rec": rec, "tests": tests, "failures": [t for t in tests if t.get("verdict") in FAILED],
         "trace": trace, "trace_counts": {v: sum(1 for r in trace if r["verdict"] == v)
                                          for v in ("passed", "failed", "incomplete", "skipped", "not tested")},

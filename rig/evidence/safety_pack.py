@@ -416,14 +416,56 @@ def context(run_dir: Path, rec: dict[str, Any], selftest_dir: Path | None = None
                         "holds" if all(r["verdict"] == "holds" for r in rows) else "holds, checks unproven")}
 
 
+def devices_under_test(rec: dict[str, Any]) -> list[str]:
+    """The benches of a run, each one device under test (its meter and PPMID)."""
+    return list(rec.get("benches") or {}) or ([rec["bench"]] if rec.get("bench") else [])
+
+
+def build_all(run_dir: str | Path, out_dir: str | Path | None = None, pdf: bool = False,
+              selftest_dir: str | Path | None = None, benches: list[str] | None = None
+              ) -> list[tuple[str | None, Path, Path | None]]:
+    """One pack per device under test: a run of several benches gives
+    ``RUN.safety.<bench>.html`` for each (or those named), each built from
+    that bench's checks, devices and instruments only; a one-bench run gives
+    ``RUN.safety.html``.  Returns (bench, html, pdf) for each."""
+    run_dir = Path(run_dir)
+    rec = load_run(run_dir)
+    names = devices_under_test(rec)
+    if benches:
+        unknown = [b for b in benches if b not in names]
+        if unknown:
+            from .record import RecordError
+
+            raise RecordError(f"{run_dir.name}: no bench {', '.join(unknown)} in this run; benches: "
+                              f"{', '.join(names) or 'none recorded'}")
+        names = [b for b in names if b in benches]
+    if len(devices_under_test(rec)) <= 1:
+        target = Path(out_dir) / f"{run_dir.name}.safety.html" if out_dir else None
+        html_path, pdf_path = build(run_dir, target, pdf, selftest_dir)
+        return [(names[0] if names else None, html_path, pdf_path)]
+    out = []
+    for bench in names:
+        where = Path(out_dir) if out_dir else run_dir.parent
+        html_path, pdf_path = build(run_dir, where / f"{run_dir.name}.safety.{bench}.html", pdf, selftest_dir,
+                                    bench=bench)
+        out.append((bench, html_path, pdf_path))
+    return out
+
+
 def build(run_dir: str | Path, out: str | Path | None = None, pdf: bool = False,
-          selftest_dir: str | Path | None = None) -> tuple[Path, Path | None]:
+          selftest_dir: str | Path | None = None, bench: str | None = None) -> tuple[Path, Path | None]:
     """Write the pack (HTML, and PDF through headless Chromium if ``pdf``);
     default ``out``: ``<run folder>.safety.html`` beside the run folder, so
     the sealed folder itself is not changed.  ``selftest_dir``: the
-    ``rig selftest`` run whose self-checks prove the checks can fail."""
+    ``rig selftest`` run whose self-checks prove the checks can fail.
+    ``bench``: the pack of that bench's device under test only (a run of
+    several benches)."""
+    from .record import bench_record
+
     run_dir = Path(run_dir)
     rec = load_run(run_dir)
+    if bench is not None:
+        rec = bench_record(rec, bench)
     out = Path(out) if out else run_dir.with_name(f"{run_dir.name}.safety.html")
     ctx = context(run_dir, rec, Path(selftest_dir) if selftest_dir else None)
     out.write_text(environment().get_template("safety.html.j2").render(**ctx), encoding="utf-8")

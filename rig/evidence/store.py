@@ -43,17 +43,20 @@ _SCHEMA = [
         rig_version TEXT, software_fp TEXT, firmware_fp TEXT, faults TEXT,
         complete INTEGER NOT NULL DEFAULT 0, status TEXT, exit_code INTEGER, finished_wall DOUBLE PRECISION,
         total INTEGER, passed INTEGER, failed INTEGER, errors INTEGER, skipped INTEGER,
-        manifest_sha256 TEXT)""",
+        manifest_sha256 TEXT, benches TEXT)""",
     """CREATE TABLE IF NOT EXISTS test_results (
         id {serial},
         run_id TEXT NOT NULL REFERENCES runs(id),
         nodeid TEXT NOT NULL, verdict TEXT NOT NULL,
         started_wall DOUBLE PRECISION, duration_wall DOUBLE PRECISION, duration_lab DOUBLE PRECISION,
         requirements TEXT, message TEXT, measurements_failed INTEGER,
-        software_fp TEXT, firmware_fp TEXT)""",
+        software_fp TEXT, firmware_fp TEXT, bench TEXT)""",
     "CREATE INDEX IF NOT EXISTS test_results_nodeid ON test_results(nodeid)",
     "CREATE INDEX IF NOT EXISTS test_results_run ON test_results(run_id)",
 ]
+
+#: (table, column) added after the first schema; TEXT each
+_ADDED_COLUMNS = [("runs", "benches"), ("test_results", "bench")]
 
 _SQLITE_GUARDS = [
     """CREATE TRIGGER IF NOT EXISTS test_results_no_update BEFORE UPDATE ON test_results
@@ -90,6 +93,7 @@ class TestTrend:
     __test__ = False
 
     nodeid: str
+    bench: str | None = None
     verdicts: list[str] = field(default_factory=list)
     durations: list[float | None] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
@@ -156,8 +160,22 @@ class ResultsStore:
         serial = "INTEGER PRIMARY KEY AUTOINCREMENT" if self.dialect == "sqlite" else "BIGSERIAL PRIMARY KEY"
         for stmt in _SCHEMA:
             self._exec(stmt.format(serial=serial))
+        # columns added since the first schema (a lab run's benches): added to an older store in place
+        for table, column in _ADDED_COLUMNS:
+            if column not in self._columns(table):
+                try:
+                    self._exec(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+                except StoreError:
+                    if column not in self._columns(table):  # else another process added it first
+                        raise
         for stmt in _SQLITE_GUARDS if self.dialect == "sqlite" else _POSTGRES_GUARDS:
             self._exec(stmt)
+
+    def _columns(self, table: str) -> set[str]:
+        if self.dialect == "sqlite":
+            return {row[1] for row in self._exec(f"PRAGMA table_info({table})").fetchall()}
+        rows = self._exec("SELECT column_name FROM information_schema.columns WHERE table_name = ?", (table,))
+        return {row[0] for row in rows.fetchall()}
 
     def _exec(self, sql: str, params: tuple | None = None) -> Any:
         if self.dialect != "sqlite" and params is not None:
@@ -211,7 +229,7 @@ class ResultsStore:
             "requirements": ",".join(test.get("requirements") or []),
             "message": (failure.get("message") or "")[:500] or None,
             "measurements_failed": sum(1 for m in test.get("measurements", []) if m.get("outcome") == "fail"),
-            "software_fp": sw_fp, "firmware_fp": fw_fp})
+            "software_fp": sw_fp, "firmware_fp": fw_fp, "bench": test.get("bench")})
 
     def finish_run(self, rec: dict[str, Any], manifest_sha256: str | None = None) -> None:
         """Record a run's final status: the one update the store allows."""
@@ -220,11 +238,11 @@ class ResultsStore:
         self._exec(
             "UPDATE runs SET complete = ?, status = ?, exit_code = ?, finished_wall = ?, total = ?, passed = ?, "
             "failed = ?, errors = ?, skipped = ?, manifest_sha256 = ?, software_fp = ?, firmware_fp = ?, "
-            "clock_scale = ? WHERE id = ? AND complete = 0",
+            "clock_scale = ?, benches = ? WHERE id = ? AND complete = 0",
             (1 if rec.get("complete") else 0, rec.get("status"), rec.get("exit_code"),
              (rec.get("finished") or {}).get("wall"), s.get("total"), s.get("passed"), s.get("failed"),
              s.get("error"), s.get("skipped"), manifest_sha256, sw_fp, fw_fp,
-             (rec.get("clock") or {}).get("scale"), rec["id"]))
+             (rec.get("clock") or {}).get("scale"), bench_statuses(rec), rec["id"]))
 
     def import_run(self, rec: dict[str, Any], run_dir: Path | str | None = None,
                    manifest_sha256: str | None = None) -> bool:
@@ -272,7 +290,7 @@ class ResultsStore:
             return []
         order = {r["id"]: i for i, r in enumerate(runs)}
         marks = ",".join("?" for _ in runs)
-        sql = (f"SELECT run_id, nodeid, verdict, duration_wall, software_fp, firmware_fp, id FROM test_results "
+        sql = (f"SELECT run_id, nodeid, verdict, duration_wall, software_fp, firmware_fp, id, bench FROM test_results "
                f"WHERE run_id IN ({marks})")
         params: tuple = tuple(order)
         if test:
@@ -281,8 +299,8 @@ class ResultsStore:
         rows = sorted(self._exec(sql, params).fetchall(), key=lambda r: (order[r[0]], r[6]))
         trends: dict[str, TestTrend] = {}
         seen: dict[tuple[str, str, str], set[str]] = {}
-        for run_id, nodeid, verdict, duration, sw, fw, _id in rows:
-            t = trends.setdefault(nodeid, TestTrend(nodeid))
+        for run_id, nodeid, verdict, duration, sw, fw, _id, bench in rows:
+            t = trends.setdefault(nodeid, TestTrend(nodeid, bench=bench))
             t.verdicts.append(verdict)
             t.durations.append(duration)
             t.run_ids.append(run_id)
@@ -292,7 +310,15 @@ class ResultsStore:
             if outcomes == {"passed", "failed"}:
                 trends[nodeid].flaky = True
                 trends[nodeid].flaky_on.append(f"{sw}/{fw}")
-        return sorted(trends.values(), key=lambda t: t.nodeid)
+        return sorted(trends.values(), key=lambda t: (t.bench or "", t.nodeid))
+
+
+def bench_statuses(rec: dict[str, Any]) -> str | None:
+    """``{"bench-1": {"status", "reason"}}`` as JSON, for the runs table."""
+    benches = rec.get("benches") or {}
+    if not benches:
+        return None
+    return json.dumps({name: {"status": b.get("status"), "reason": b.get("reason")} for name, b in benches.items()})
 
 
 def run_state(row: dict[str, Any]) -> str:

@@ -62,9 +62,11 @@ class Timeline:
         return not any(self.segments.values()) and not any(m for k, m in self.markers.items() if k != "steps")
 
 
-def _names(rec: dict[str, Any]) -> tuple[str | None, str, str, list[str]]:
-    """(bench, mains relay, meter, ppmids) from the record's lab model."""
-    bench = rec.get("bench")
+def _names(rec: dict[str, Any], bench: str | None = None) -> tuple[str | None, str, str, list[str]]:
+    """(bench, mains relay, meter, ppmids) from the record's lab model; the
+    record's only bench unless ``bench`` names one (a lab run has several)."""
+    bench = bench or (rec.get("bench") if len(rec.get("benches") or {}) <= 1 else None) \
+        or next(iter(rec.get("benches") or {}), None)
     model = ((rec.get("lab") or {}).get("model") or {}).get("benches") or {}
     if bench is None and model:
         bench = next(iter(model))
@@ -97,9 +99,9 @@ def _label(payload: Any, *keys: str, default: str) -> str:
     return default
 
 
-def build_tracks(rec: dict[str, Any], messages: Iterable[dict[str, Any]]) -> dict[str, Track]:
-    """Read the capture once into the four tracks."""
-    bench, relay, meter, ppmids = _names(rec)
+def build_tracks(rec: dict[str, Any], messages: Iterable[dict[str, Any]], bench: str | None = None) -> dict[str, Track]:
+    """Read the capture once into the four tracks (of ``bench``, default the record's)."""
+    bench, relay, meter, ppmids = _names(rec, bench)
     base = f"{ROOT}/{bench}"
     tracks = {"mains": Track("mains", "state"), "supply": Track("supply", "state"),
               "alerts": Track("alerts", "events"), "ppmid": Track("ppmid", "events")}
