@@ -2,10 +2,14 @@
 
 :func:`start_devices` is called by :class:`rig.sim.world.World` for a bench.
 It starts the simulated HAN (:mod:`rig.sim.han`), the head end
-(:mod:`rig.sim.dcc`) and one twin per device whose ``backend`` is ``sim``,
-and an adapter (:mod:`rig.adapters`) for any other backend.  Each twin has
-its own bus connection, with its own presence and Last Will, exactly as a
-real device's adapter would: the orchestrator cannot tell them apart.
+(:mod:`rig.sim.dcc`), one twin per device whose ``backend`` is ``sim`` or
+``sealed``, an adapter (:mod:`rig.adapters`) for any other backend, and the
+wiring of the bench's button actuators to the twins' buttons
+(:mod:`rig.sim.buttons`).  Each ``sim`` twin has its own bus connection,
+with its own presence and Last Will, exactly as a real device's adapter
+would: the orchestrator cannot tell them apart.  A ``sealed`` twin has
+none: it is reached only through its buttons, its optical port, the HAN
+and the head end, as a real device on a bench without an adapter.
 
 Every twin publishes a retained ``state`` with at least::
 
