@@ -57,6 +57,7 @@ from rig.contract import Node
 from . import driver_class
 from .address import resolve
 from .errors import InstrumentError, InstrumentTimeout, LimitError
+from .optical_probe import LOGBOOK
 
 log = logging.getLogger(__name__)
 
@@ -447,7 +448,8 @@ class OpticalProbeService(InstrumentService):
         readout = self.driver.read()
         self.driver.identity = readout.identification      # the meter on the port, as it last said
         self.summary = {"identification": readout.identification,
-                        **{a: f"{r.value}{'*' + r.unit if r.unit else ''}" for a, r in readout.registers.items()}}
+                        **{a: f"{r.value}{'*' + r.unit if r.unit else ''}" for a, r in readout.registers.items()
+                           if a != LOGBOOK}}
         return readout.as_dict()
 
 

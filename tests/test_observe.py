@@ -76,3 +76,21 @@ def test_the_tap_measures_a_link_from_the_hubs_place(device_bench):
     assert not link_up(b, "ppmid")
     lossy = link_test(b, "ppmid", "868MHz", 20)
     assert lossy["per"] == 1.0 and lossy["rssi"] is None
+
+
+def test_the_timeline_shows_the_actuators_pushes_and_the_optical_supply():
+    """The report's timeline of a black-box bench: each push at the agent's
+    stamps, and the supply from the meter's optical port."""
+    from rig.evidence.timeline import build_tracks
+
+    rec = {"bench": "bench-1", "lab": {"model": {"benches": {"bench-1": {"wiring": {"meter": "esme"}}}}}}
+
+    def state(pressed: bool, changed: float, ts: float) -> dict:
+        return {"topic": "rig/v1/bench-1/actuator/esme/state",
+                "payload": {"ts": ts, "buttons": {"enable": {"pressed": pressed, "changed": changed}}}}
+
+    optical = {"topic": "rig/v1/bench-1/instrument/optical/state",
+               "payload": {"ts": 105.0, "kind": "optical_probe", "summary": {"96.3.10": "2"}}}
+    tracks = build_tracks(rec, [state(True, 100.0, 100.1), state(False, 102.5, 102.6), optical])
+    assert tracks["buttons"].changes == [(100.0, "esme enable 2.50 s")]
+    assert tracks["supply"].changes == [(105.0, "armed")]
