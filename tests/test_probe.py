@@ -10,7 +10,7 @@ import io
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, _clear_retained
 from rig.agent import Agent
 from rig.clock import LabClock
 from rig.config import load_lab
@@ -23,18 +23,22 @@ from rig.sim.world import World
 def default_lab(broker):
     cfg = load_lab(ROOT / "lab.yaml")
     clock = LabClock(scale=cfg.lab.clock.scale)
-    with World(cfg, "bench-1", broker, clock) as world, Agent(cfg, "bench-1", broker, clock):
-        lab = Lab.open(cfg, endpoint=broker)
-        try:
-            yield world, lab, broker
-        finally:
-            lab.close()
+    try:
+        with World(cfg, "bench-1", broker, clock) as world, Agent(cfg, "bench-1", broker, clock):
+            lab = Lab.open(cfg, endpoint=broker)
+            try:
+                yield world, lab, broker
+            finally:
+                lab.close()
+    finally:
+        _clear_retained(broker)      # the session's broker as we found it: no lab clock or state of this bench
 
 
 def run_cli(broker, *extra: str) -> tuple[int, str]:
     from rig.cli import app, console
 
     out = io.StringIO()
+    kept = console._file          # None: the console writes to whatever sys.stdout is at the time
     with contextlib.redirect_stdout(out):
         console.file = out
         try:
@@ -42,9 +46,7 @@ def run_cli(broker, *extra: str) -> tuple[int, str]:
             code = int(app(["probe", "--lab", str(ROOT / "lab.yaml"), "--broker", broker.url, *extra],
                            standalone_mode=False) or 0)
         finally:
-            import sys
-
-            console.file = sys.stdout
+            console._file = kept
     return code, out.getvalue()
 
 
