@@ -92,7 +92,7 @@ def running_bench(lab, bench: str, scale: float, seconds: float) -> None:
             world.physics.set_source(output=True)   # no agent here: mains on, as the agent would
             world.physics.set_mains_relay(True)
             han = next(p for p in world.parts if type(p).__name__ == "SimulatedHan")
-            devices = [n for n, d in lab.bench(bench).devices.items() if d.backend == "sim"]
+            devices = [n for n, d in lab.bench(bench).devices.items() if d.simulated]
             time.sleep(1.0)                          # let the devices join
             before_frames = sum(s["frames"] for s in han.medium.stats.values())
             threads0, cpu0, t0, lab0 = thread_cpu(), time.process_time(), time.perf_counter(), clock.now()

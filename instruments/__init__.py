@@ -16,6 +16,19 @@ DRIVERS: dict[str, tuple[str, str]] = {
 }
 
 
+#: what a driver's instrument says it is (``*IDN?``, or the meter's identification
+#: message for an optical probe): a regular expression, case-insensitive, that
+#: ``rig probe`` checks the answer against
+IDENTITIES: dict[str, str] = {
+    "chroma_61500": r"^chroma[^,]*,615\d\d",
+    "chroma_63800": r"^chroma[^,]*,638\d\d",
+    "yokogawa_wt310": r"^yokogawa,wt3\d\d",
+    "minicircuits_rcdat": r"^mini-circuits,rc",
+    "keysight_11713": r"^(agilent|keysight)[^,]*,11713",
+    "iec62056_21": r"^[a-z]{3}[0-9a-z]",      # IEC 62056-21: three-letter maker, baud-rate character
+}
+
+
 def driver_class(driver: str) -> type:
     """The class implementing a lab.yaml ``driver:`` name (imports it)."""
     import importlib

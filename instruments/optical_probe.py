@@ -41,6 +41,9 @@ SOH, STX, ETX, ACK, NAK = b"\x01", b"\x02", b"\x03", b"\x06", b"\x15"
 #: mode C baud rate characters (IEC 62056-21, 6.3.14 item 13)
 BAUD_RATES = {"0": 300, "1": 600, "2": 1200, "3": 2400, "4": 4800, "5": 9600, "6": 19200}
 _LINE = re.compile(r"^([^()]+)\(([^()*]*)(?:\*([^()]*))?\)")
+_GROUPS = re.compile(r"\(([^()]*)\)")
+#: the logbook (event log) data set: one line per entry, ``P.98(<YYMMDDhhmmss>)(<code>)(<event>)``
+LOGBOOK = "P.98"
 
 
 def bcc(data: bytes) -> int:
@@ -51,10 +54,33 @@ def bcc(data: bytes) -> int:
     return out
 
 
-def data_message(lines: list[tuple[str, str]]) -> bytes:
-    """``STX <lines> ! CR LF ETX BCC`` for ``[(address, "value*unit"), ...]``."""
-    body = "".join(f"{address}({value})\r\n" for address, value in lines).encode("ascii") + b"!\r\n" + ETX
+def data_message(lines: list[tuple[str, "str | list[str] | tuple[str, ...]"]]) -> bytes:
+    """``STX <lines> ! CR LF ETX BCC`` for ``[(address, "value*unit"), ...]``;
+    a line of several values (a logbook entry) gives them as a list."""
+    def line(address: str, value: "str | list[str] | tuple[str, ...]") -> str:
+        values = [value] if isinstance(value, str) else list(value)
+        return address + "".join(f"({v})" for v in values) + "\r\n"
+
+    body = "".join(line(a, v) for a, v in lines).encode("ascii") + b"!\r\n" + ETX
     return STX + body + bytes([bcc(body)])
+
+
+def timestamp(text: str) -> float | None:
+    """A ``YYMMDDhhmmss`` time (UTC, as the rig's meters log it) as seconds since the epoch."""
+    import calendar
+    import time as _time
+
+    try:
+        return float(calendar.timegm(_time.strptime(text.strip(), "%y%m%d%H%M%S")))
+    except ValueError:
+        return None
+
+
+def stamp(t: float) -> str:
+    """Seconds since the epoch as ``YYMMDDhhmmss`` (UTC, whole seconds, truncated)."""
+    import time as _time
+
+    return _time.strftime("%y%m%d%H%M%S", _time.gmtime(int(t)))
 
 
 @dataclass(frozen=True)
@@ -70,18 +96,41 @@ class Register:
 
 @dataclass
 class Readout:
-    """A meter's identification and its data block, register by register."""
+    """A meter's identification and its data block, register by register;
+    ``lines`` keeps every line with all its values (a logbook has many
+    lines of one address, each of several values)."""
 
     identification: str
     baud: int
     registers: dict[str, Register] = field(default_factory=dict)
+    lines: list[tuple[str, list[str]]] = field(default_factory=list)
 
     def value(self, address: str) -> float:
         return self.registers[address].number
 
+    def logbook(self) -> list[dict[str, Any]]:
+        """The logbook entries (``P.98``) in the readout, oldest first:
+        ``{"ts", "code", "event"}`` (``ts`` seconds since the epoch, whole)."""
+        out = []
+        for address, values in self.lines:
+            if address != LOGBOOK or not values:
+                continue
+            entry: dict[str, Any] = {"ts": timestamp(values[0]), "raw": values}
+            if len(values) > 1 and values[1]:
+                entry["code"] = values[1]
+            if len(values) > 2:
+                entry["event"] = values[2]
+            out.append(entry)
+        return out
+
     def as_dict(self) -> dict[str, Any]:
-        return {"identification": self.identification, "baud": self.baud,
-                "registers": {a: {"value": r.value, "unit": r.unit} for a, r in self.registers.items()}}
+        out = {"identification": self.identification, "baud": self.baud,
+               "registers": {a: {"value": r.value, "unit": r.unit} for a, r in self.registers.items()
+                             if a != LOGBOOK}}
+        book = self.logbook()
+        if book:
+            out["logbook"] = book
+        return out
 
 
 def parse_data_block(text: str) -> dict[str, Register]:
@@ -91,6 +140,17 @@ def parse_data_block(text: str) -> dict[str, Register]:
         if m:
             registers[m.group(1)] = Register(m.group(1), m.group(2), m.group(3))
     return registers
+
+
+def parse_lines(text: str) -> list[tuple[str, list[str]]]:
+    """Every data line as (address, [values ...])."""
+    out = []
+    for line in text.split("\r\n"):
+        line = line.strip()
+        head = line.find("(")
+        if head > 0:
+            out.append((line[:head], _GROUPS.findall(line[head:])))
+    return out
 
 
 class OpticalProbe:
@@ -113,9 +173,15 @@ class OpticalProbe:
         return m.group(1) if m else self.address
 
     def open(self) -> "OpticalProbe":
+        """Open the port and ask the meter who it is.  A meter that does not
+        answer (no supply: a bench rests de-energised) leaves ``identity``
+        None: the probe is there, the meter is dark."""
         with self._lock:
             self._connect()
-            self.identity = self.identify()
+            try:
+                self.identity = self.identify()
+            except InstrumentTimeout:
+                self.identity = None
         return self
 
     def _connect(self) -> None:
@@ -190,7 +256,8 @@ class OpticalProbe:
             if len(check) != 1 or bcc(body) != check[0]:
                 raise InstrumentError(self.name, self.address, "data message failed its block check (BCC)")
             text = body[:-1].decode("ascii", errors="replace")
-            return Readout(ident[1:].decode("ascii", errors="replace"), baud, parse_data_block(text))
+            return Readout(ident[1:].decode("ascii", errors="replace"), baud, parse_data_block(text),
+                           parse_lines(text))
 
     def identify(self) -> str:
         """The meter's identification message (``RIG5ESME-...``: maker,

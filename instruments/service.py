@@ -57,6 +57,7 @@ from rig.contract import Node
 from . import driver_class
 from .address import resolve
 from .errors import InstrumentError, InstrumentTimeout, LimitError
+from .optical_probe import LOGBOOK
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ class InstrumentService:
     #: a load); a measuring instrument has none, so making the bench safe never
     #: waits on its I/O
     energises: ClassVar[bool] = False
+    #: whether an instrument that stops answering makes the whole bench safe
+    loss_is_a_fault: ClassVar[bool] = True
 
     def __init__(self, agent: Any, name: str, cfg: InstrumentConfig, driver: Any, address: str,
                  bench: dict[str, "InstrumentService"]):
@@ -166,7 +169,7 @@ class InstrumentService:
                     raise refuse(str(exc)) from None
                 except InstrumentError as exc:
                     self._lost(exc)
-                    raise Refused(f"{exc}; the bench was put in its safe state",
+                    raise Refused(f"{exc}; the bench was put in its safe state" if self.loss_is_a_fault else str(exc),
                                   code="timeout" if isinstance(exc, InstrumentTimeout) else "failed") from None
                 self.fault = None
             self.publish()
@@ -178,7 +181,8 @@ class InstrumentService:
         self.fault = str(exc)
         log.error("%s", exc)
         self.publish()
-        self.agent.all_safe(f"{exc}")
+        if self.loss_is_a_fault:
+            self.agent.all_safe(f"{exc}")
 
     # ------------------------------------------------------------------ output protocol
     def is_safe(self) -> bool:
@@ -418,7 +422,19 @@ class AttenuatorService(InstrumentService):
 
 
 class OpticalProbeService(InstrumentService):
+    """The optical probe on a meter.  A meter that does not answer its port is
+    dark (no supply) or the probe is off the port: the read is refused
+    (``timeout``, naming the port) and the bench is left as it is, since the
+    probe energises nothing and a dark meter is what outage checks make."""
+
     kind = "optical_probe"
+    loss_is_a_fault = False
+
+    def _lost(self, exc: InstrumentError) -> None:
+        if isinstance(exc, InstrumentTimeout):
+            log.info("%s", exc)          # the meter is dark: the probe itself is fine
+            return
+        super()._lost(exc)
 
     def ops(self) -> dict[str, Op]:
         return super().ops() | {"read": (lambda _a, _c: self._read(), None)}
@@ -430,8 +446,10 @@ class OpticalProbeService(InstrumentService):
 
     def _read(self) -> dict[str, Any]:
         readout = self.driver.read()
+        self.driver.identity = readout.identification      # the meter on the port, as it last said
         self.summary = {"identification": readout.identification,
-                        **{a: f"{r.value}{'*' + r.unit if r.unit else ''}" for a, r in readout.registers.items()}}
+                        **{a: f"{r.value}{'*' + r.unit if r.unit else ''}" for a, r in readout.registers.items()
+                           if a != LOGBOOK}}
         return readout.as_dict()
 
 

@@ -125,7 +125,10 @@ class Agent:
             name: Relay(name, rc, self.clock, self.factory, on_change=self._relay_changed)
             for name, rc in self.cfg.relays.items()
         }
-        self.outputs: list[Output] = list(self.relays.values())
+        from .actuator import build_actuators
+
+        self.actuators = build_actuators(self)      # every button released (rig/actuator.py)
+        self.outputs: list[Output] = [*self.relays.values(), *self.actuators.values()]
         self.estop: EStop | None = None
         if self.cfg.controller.estop is not None:
             self.estop = EStop(self.cfg.controller.estop, self.factory, on_press=self._estop_input)
@@ -160,6 +163,10 @@ class Agent:
             s(Node(self.bench_name, "relay", name), "set", self._relay_set, RelayArgs, inline=True,
               safe=lambda args, r=relay: (args.state == "on") == r.safe_on)
         self._start_instruments()
+        if self.actuators:
+            from .actuator import serve_actuators
+
+            serve_actuators(self)
         for relay in self.relays.values():
             self._publish_relay(relay)
         if self.estop is not None and self.estop.is_pressed:
@@ -498,6 +505,7 @@ class Agent:
                       "input": self.estop.is_pressed if self.estop else None},
             "relays": sorted(self.relays),
             "instruments": sorted(self.instruments),
+            "actuators": {d: sorted(a.cfg) for d, a in sorted(self.actuators.items())},
         }
 
     def _publish_status(self) -> None:

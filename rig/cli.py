@@ -114,7 +114,9 @@ def up(
                 bench_ = powered.bench(bname)
                 bench_.mains.on()
                 if bench_.cfg.wiring.meter:
-                    bench_.esme.wait_state(lambda s_: s_.get("powered"), 60, "meter powered")
+                    from .suites.observe import meter
+
+                    meter(bench_).wait_answering(60)
                 console.print(f"  {bname}: mains [yellow]on[/yellow], lease held by rig up")
 
         if once:
@@ -177,6 +179,11 @@ def render_status(cfg: LabConfig, seen: dict[str, Any]) -> Table:
             colour = "yellow" if state == "on" else "cyan"
             table.add_row("", f"relay {rname}", "", f"[{colour}]{state}[/{colour}]",
                           f"safe: {s.get('safe_state', '?')}; {s.get('reason', '')}")
+        for dname, buttons in bench.actuators.items():
+            s = get("actuator", dname, "state") or {}
+            down = [b for b, v in (s.get("buttons") or {}).items() if isinstance(v, dict) and v.get("pressed")]
+            state = f"[yellow]pressed: {', '.join(down)}[/yellow]" if down else ("released" if s else "?")
+            table.add_row("", f"actuators {dname}", "", state, ", ".join(buttons))
         for iname, inst in bench.instruments.items():
             s = get("instrument", iname, "state") or {}
             detail = s.get("address") or inst.address
@@ -184,6 +191,11 @@ def render_status(cfg: LabConfig, seen: dict[str, Any]) -> Table:
                           get("instrument", iname, "presence") else "", _short(s.get("summary") or s.get("state")),
                           str(detail))
         for dname, dev in bench.devices.items():
+            if dev.sealed:
+                buttons = ", ".join(bench.actuators.get(dname) or {}) or "none"
+                table.add_row("", f"{dev.kind} {dname}", "sealed", "[dim]black box[/dim]",
+                              f"reached through its actuators ({buttons}), optical port, HAN and the head end")
+                continue
             s = get("device", dname, "state") or {}
             meter = s.get("paired_meter")
             summary = escape(_short(s.get("supply") or s.get("summary") or "")) + \
@@ -524,6 +536,8 @@ app.add_typer(evidence_app, name="evidence")
 app.command("verify")(verify)
 app.command("history")(history)
 app.command("report")(report)
+from .cli_probe import probe as _probe  # noqa: E402
+app.command("probe")(_probe)
 
 
 @app.command()

@@ -20,7 +20,8 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, ValidationInfo
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from . import yamlpos
 from .reference import REFERENCES, Deviation
@@ -228,6 +229,9 @@ class InstrumentConfig(Strict):
     requires_supply: bool = Field(
         True, description="load bank only: refuse to switch on while the AC source output is off",
     )
+    device: str | None = Field(
+        None, description="optical_probe only: the meter whose optical port it reads (default: the wiring's meter)",
+    )
 
     @property
     def simulated(self) -> bool:
@@ -246,6 +250,11 @@ class InstrumentConfig(Strict):
 
 
 # --------------------------------------------------------------------------- devices
+#: backends run by a simulated twin: ``sim`` (its own operations and state on
+#: the bus) and ``sealed`` (none: reached only as real hardware is)
+SIMULATED_BACKENDS = ("sim", "sealed")
+
+
 class HanLink(Strict):
     band: Literal["2.4GHz", "868MHz", "dual"] = "2.4GHz"
 
@@ -300,11 +309,22 @@ class IhdSettings(Strict):
 
 class _DeviceBase(Strict):
     id: str = Field(..., description="the device's EUI-64, e.g. 00:0d:6f:00:00:00:00:01")
-    backend: str = Field("sim", description="'sim' for a simulated twin, or an adapter: zigpy, optical")
+    backend: str = Field("sim", description="'sim' for a simulated twin; 'sealed' for a simulated twin reachable "
+                         "only as real hardware is (actuators, optical port, HAN, analyser, head end: no operation "
+                         "or state of its own on the bus); or an adapter: zigpy, optical")
     adapter: dict[str, Any] = Field(default_factory=dict, description="adapter options (radio path, baud ...)")
     firmware: str | None = None
     faults: list[str] = Field(default_factory=list, description="fault profiles (simulated devices only)")
     han: HanLink = Field(default_factory=HanLink)
+
+    @property
+    def simulated(self) -> bool:
+        """A twin runs it (``sim`` or ``sealed``): fault profiles apply."""
+        return self.backend in SIMULATED_BACKENDS
+
+    @property
+    def sealed(self) -> bool:
+        return self.backend == "sealed"
 
     @field_validator("id")
     @classmethod
@@ -341,6 +361,147 @@ class IhdConfig(_DeviceBase):
 
 DeviceConfig = Annotated[
     Union[EsmeConfig, GsmeConfig, HubConfig, PpmidConfig, IhdConfig], Field(discriminator="kind"),
+]
+
+
+# --------------------------------------------------------------------------- actuators
+KEYPAD_KEYS = tuple(f"key_{d}" for d in "0123456789") + ("key_enter",)
+#: the buttons an actuator may be wired across, per device kind
+BUTTONS: dict[str, tuple[str, ...]] = {
+    "esme": ("enable", "emergency_credit", "display", *KEYPAD_KEYS),
+    "ppmid": ("enable", "emergency_credit", "display", *KEYPAD_KEYS),
+    "ihd": ("display",),
+}
+
+
+class ButtonActuator(Strict):
+    """A GPIO output of the bench controller wired across one button of a
+    device: an opto-isolated contact closure in parallel with the switch,
+    or a solenoid finger on it.  Its safe state is released."""
+
+    pin: PinId
+    active_high: bool = Field(True, description="the output drives high to press (false: low to press)")
+    mechanism: Literal["contact", "solenoid"] = Field(
+        "contact", description="'contact': an opto-isolated closure across the switch; 'solenoid': a finger on it")
+    press_seconds: float = Field(0.2, gt=0, le=5, description="how long a press holds the button down, lab s")
+    gap_seconds: float = Field(0.2, gt=0, le=5, description="lab seconds between two presses of a sequence (keypad)")
+    max_hold: float = Field(60.0, gt=0, le=600, description="the longest hold the agent accepts, lab s (a solenoid's "
+                            "duty limit)")
+    description: str = ""
+
+
+# --------------------------------------------------------------------------- head end
+HEAD_END_OPS = ("disable", "arm", "enable", "add_credit", "emergency_credit", "set_load_limit", "read",
+                "issue_utrn", "alerts", "probe")
+
+
+class SimulatedHeadEndConfig(Strict):
+    """The simulated DCC on the bus (``rig/v1/<bench>/dcc/headend``)."""
+
+    kind: Literal["simulated"] = "simulated"
+
+
+class HttpRequest(Strict):
+    """One head-end operation as an HTTP request.  ``path`` and the strings
+    of ``body``, ``query`` and ``headers`` are templates: ``{name}`` is
+    replaced by the operation's value (a string that is exactly ``{name}``
+    takes the value's own JSON type).  Names: ``device`` (lab.yaml name),
+    ``eui64``, ``premises``, ``role``, ``op``, ``request_id`` (the rig's,
+    unique: the head end's idempotency key), ``amount``, ``threshold_kw``,
+    ``period``, ``what``, ``since`` (lab time), ``authentic``."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    path: str = Field(..., description="appended to base_url, e.g. /devices/{eui64}/supply")
+    query: dict[str, str] = Field(default_factory=dict, description="query parameters (templates)")
+    body: Any = Field(None, description="a JSON body (template); none for GET")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra request headers (templates)")
+    result: dict[str, str] = Field(
+        default_factory=dict, description="result field -> JSON pointer into the response (e.g. supply: "
+        "/data/supplyState); without it the response object is the result")
+    refused_status: list[int] = Field(default_factory=lambda: [403, 409, 422],
+                                      description="HTTP statuses that mean the device or head end refused")
+    reason: str = Field("/error/message", description="JSON pointer to a refusal's reason")
+
+
+class HttpWebhook(Strict):
+    """Where the rig listens for the head end's alerts (POST, JSON: one alert
+    or a list).  Each is stamped with the rig's receive time on arrival."""
+
+    listen: str = Field("127.0.0.1:0", description="host:port the rig serves the webhook on (port 0: any free)")
+    path: str = Field("/rig/alerts", description="the webhook's path")
+    cert_file: Path | None = Field(None, description="serve HTTPS with this certificate (PEM)")
+    key_file: Path | None = None
+    client_ca_file: Path | None = Field(None, description="mutual TLS: the head end must present a certificate "
+                                        "signed by this CA")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="alert record field -> JSON pointer into a posted alert (code, device, "
+        "inbox, seq, raised, ...); without it the posted object is the record")
+
+
+class HttpAuth(Strict):
+    """How the two sides prove themselves: an HMAC-SHA256 under a shared
+    secret (both directions), and/or mutual TLS."""
+
+    hmac_secret_env: str | None = Field(None, description="the environment variable holding the shared secret")
+    signature_header: str = Field("X-Rig-Signature", description="'sha256=' + hex HMAC of timestamp '.' body")
+    timestamp_header: str = Field("X-Rig-Timestamp", description="the sender's wall clock, seconds since the epoch")
+    max_age: float = Field(300.0, gt=0, description="wall seconds a signed message stays acceptable (replays)")
+    ca_file: Path | None = Field(None, description="the CA that signed the head end's certificate")
+    cert_file: Path | None = Field(None, description="mutual TLS: the rig's client certificate (PEM)")
+    key_file: Path | None = None
+
+
+class HttpHeadEndConfig(Strict):
+    """A lab's test head end over HTTP: commands as requests from templates,
+    alerts on a webhook the rig serves (docs/devices.md, "Wiring a real bench")."""
+
+    kind: Literal["http"] = "http"
+    base_url: str = Field(..., description="http(s)://host[:port][/prefix]")
+    timeout: float = Field(30.0, gt=0, le=600, description="wall seconds a request may take")
+    auth: HttpAuth = Field(default_factory=HttpAuth)
+    requests: dict[Literal[HEAD_END_OPS], HttpRequest] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="one request template per operation: " + ", ".join(HEAD_END_OPS))
+    webhook: HttpWebhook = Field(default_factory=HttpWebhook)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/.*)?$", v):
+            raise ValueError("expected http://host[:port][/prefix] or https://...")
+        if "@" in v.split("/")[2]:
+            raise ValueError("credentials in the URL are not allowed: use auth.hmac_secret_env or mutual TLS")
+        return v.rstrip("/")
+
+
+class PluginHeadEndConfig(Strict):
+    """A head end from an installed plugin: an entry point of group
+    ``rig.headends`` named ``kind``, given ``options``."""
+
+    kind: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _installed(cls, v: str) -> str:
+        from .headend.registry import installed
+
+        known = installed()
+        if v not in known:
+            raise ValueError(f"unknown head end kind '{v}'; known: simulated, http"
+                             + (f", {', '.join(sorted(known))}" if known else "")
+                             + " (others plug in as entry points of group rig.headends)")
+        return v
+
+
+def _head_end_tag(v: Any) -> str:
+    kind = v.get("kind", "simulated") if isinstance(v, dict) else getattr(v, "kind", "simulated")
+    return kind if kind in ("simulated", "http") else "plugin"
+
+
+HeadEndConfig = Annotated[
+    Union[Annotated[SimulatedHeadEndConfig, Tag("simulated")], Annotated[HttpHeadEndConfig, Tag("http")],
+          Annotated[PluginHeadEndConfig, Tag("plugin")]],
+    Discriminator(_head_end_tag),
 ]
 
 
@@ -463,6 +624,12 @@ class BenchConfig(Strict):
     devices: dict[str, DeviceConfig] = Field(default_factory=dict)
     rf_paths: dict[str, RfPath] = Field(default_factory=dict)
     wiring: Wiring = Field(default_factory=Wiring)
+    actuators: dict[str, dict[str, ButtonActuator]] = Field(
+        default_factory=dict, description="per device, per button: the GPIO actuator wired across it (the agent's "
+        "outputs; docs/devices.md 'Wiring a real bench')")
+    head_end: HeadEndConfig = Field(  # type: ignore[valid-type]
+        default_factory=SimulatedHeadEndConfig, description="where remote commands go and alerts come from: "
+        "'simulated' (the simulated DCC), 'http' (a lab's test head end), or an installed plugin's kind")
 
     def device_of_kind(self, kind: str) -> str | None:
         return next((name for name, d in self.devices.items() if d.kind == kind), None)
@@ -511,6 +678,8 @@ def _cross_check(lab: LabConfig) -> list[tuple[tuple, str]]:
         uses = [((("relays", n, "pin")), r.pin) for n, r in bench.relays.items()]
         if bench.controller.estop is not None:
             uses.append((("controller", "estop", "pin"), bench.controller.estop.pin))
+        uses += [(("actuators", d, b, "pin"), a.pin) for d, buttons in bench.actuators.items()
+                 for b, a in buttons.items()]
         for path, pin in uses:
             key = normalise_pin(pin)
             if key in seen:
@@ -522,9 +691,9 @@ def _cross_check(lab: LabConfig) -> list[tuple[tuple, str]]:
             if dev.id in ids:
                 problems.append((base + ("devices", dname, "id"), f"device id {dev.id} is already used by {ids[dev.id]}"))
             ids[dev.id] = dname
-            if dev.backend != "sim" and dev.faults:
+            if not dev.simulated and dev.faults:
                 problems.append((base + ("devices", dname, "faults"), "fault profiles apply to simulated devices only"))
-            if dev.backend == "sim":
+            if dev.simulated:
                 from rig.faults import known_faults  # names only
 
                 for i, fault in enumerate(dev.faults):
@@ -555,6 +724,17 @@ def _cross_check(lab: LabConfig) -> list[tuple[tuple, str]]:
                     problems.append((base + ("rf_paths", pname, "attenuator"), f"unknown instrument '{path.attenuator}'"))
                 elif inst.kind != "attenuator":
                     problems.append((base + ("rf_paths", pname, "attenuator"), f"'{path.attenuator}' is a {inst.kind}, not an attenuator"))
+        problems += _actuator_problems(base, bench)
+        problems += _head_end_problems(base, bench)
+        for iname, inst in bench.instruments.items():
+            if inst.device is not None:
+                where = base + ("instruments", iname, "device")
+                if inst.kind != "optical_probe":
+                    problems.append((where, "only an optical_probe names the device it reads"))
+                elif inst.device not in bench.devices:
+                    problems.append((where, f"unknown device '{inst.device}'"))
+                elif bench.devices[inst.device].kind != "esme":
+                    problems.append((where, f"'{inst.device}' is a {bench.devices[inst.device].kind}, not a meter"))
         w = bench.wiring
         for key, table, kind in (
             ("supply", bench.instruments, "ac_source"),
@@ -574,6 +754,48 @@ def _cross_check(lab: LabConfig) -> list[tuple[tuple, str]]:
     bands = lab.han.bands
     for missing in set(BANDS) - set(bands):
         problems.append((("han", "bands"), f"band {missing} is not described"))
+    return problems
+
+
+def _actuator_problems(base: tuple, bench: BenchConfig) -> list[tuple[tuple, str]]:
+    problems: list[tuple[tuple, str]] = []
+    for dname, buttons in bench.actuators.items():
+        where = base + ("actuators", dname)
+        dev = bench.devices.get(dname)
+        if dev is None:
+            problems.append((where, f"unknown device '{dname}'; devices: {', '.join(bench.devices) or 'none'}"))
+            continue
+        known = BUTTONS.get(dev.kind, ())
+        for button in buttons:
+            if button not in known:
+                problems.append((where + (button,), f"a {dev.kind} has no button '{button}'; buttons: "
+                                 f"{', '.join(known) or 'none'}"))
+    return problems
+
+
+def _head_end_problems(base: tuple, bench: BenchConfig) -> list[tuple[tuple, str]]:
+    he = bench.head_end
+    if not isinstance(he, HttpHeadEndConfig):
+        return []
+    where = base + ("head_end",)
+    problems: list[tuple[tuple, str]] = []
+    a, hook = he.auth, he.webhook
+    if not a.hmac_secret_env and not (a.cert_file and hook.client_ca_file):
+        problems.append((where + ("auth",), "the head end must be authenticated both ways: a shared secret "
+                         "(auth.hmac_secret_env) or mutual TLS (auth.cert_file and webhook.client_ca_file)"))
+    if (a.cert_file is None) != (a.key_file is None):
+        problems.append((where + ("auth", "cert_file" if a.cert_file is None else "key_file"),
+                         "a client certificate needs both cert_file and key_file"))
+    if (hook.cert_file is None) != (hook.key_file is None):
+        problems.append((where + ("webhook", "cert_file" if hook.cert_file is None else "key_file"),
+                         "an HTTPS webhook needs both cert_file and key_file"))
+    if hook.client_ca_file is not None and hook.cert_file is None:
+        problems.append((where + ("webhook", "client_ca_file"), "mutual TLS needs an HTTPS webhook (cert_file, "
+                         "key_file)"))
+    if not re.fullmatch(r"[^:\s]+:\d{1,5}", hook.listen):
+        problems.append((where + ("webhook", "listen"), "expected host:port, e.g. 0.0.0.0:8480"))
+    if not hook.path.startswith("/"):
+        problems.append((where + ("webhook", "path"), "a path starts with '/'"))
     return problems
 
 

@@ -35,6 +35,19 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("devices, kind: gsme: settings", c.GsmeSettings, ""),
     ("devices, kind: ppmid: settings", c.PpmidSettings, ""),
     ("devices, kind: ihd: settings", c.IhdSettings, ""),
+    ("benches.NAME.actuators.DEVICE.BUTTON", c.ButtonActuator,
+     "a GPIO output of the controller wired across one of a device's buttons (BUTTON: "
+     + "; ".join(f"{k}: {', '.join(b for b in v if not b.startswith('key_'))}"
+                 + (", key_0 .. key_9, key_enter" if any(x.startswith('key_') for x in v) else "")
+                 for k, v in c.BUTTONS.items()) + "); released at rest, on safe, E-stop, lost lease and exit"),
+    ("benches.NAME.head_end, kind: simulated", c.SimulatedHeadEndConfig, "the simulated DCC (the default)"),
+    ("benches.NAME.head_end, kind: http", c.HttpHeadEndConfig, "a lab's test head end over HTTP"),
+    ("benches.NAME.head_end.requests.OP", c.HttpRequest, "one operation as an HTTP request (OP: "
+     + ", ".join(c.HEAD_END_OPS) + ")"),
+    ("benches.NAME.head_end.auth", c.HttpAuth, ""),
+    ("benches.NAME.head_end.webhook", c.HttpWebhook, ""),
+    ("benches.NAME.head_end, any other kind", c.PluginHeadEndConfig,
+     "a head end an installed package plugs in (entry point group `rig.headends`)"),
     ("benches.NAME.rf_paths.NAME", c.RfPath, "a radio path between two devices"),
     ("benches.NAME.rf_paths.NAME.premises", c.Premises, ""),
     ("benches.NAME.wiring", c.Wiring, "what feeds what, for the physical bench model"),
@@ -53,8 +66,18 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
 
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        inner = typing.get_args(annotation)[0]
+        if typing.get_origin(inner) is typing.Union and all(
+                isinstance(typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a, type)
+                for a in typing.get_args(inner)):
+            return "section (by `kind`)"
+        return _type_name(inner)
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and \
+            {_type_name(a) for a in typing.get_args(annotation)} == {"section"}:
+        return "section (by `kind`)"
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         return " or ".join(_type_name(a) for a in typing.get_args(annotation) if a is not type(None)) + (
             " or null" if type(None) in typing.get_args(annotation) else "")

@@ -261,6 +261,9 @@ class Bench:
     # --- device handles (rig/devices.py): bench.device(name), bench.esme, bench.ppmid, ...
     from .devices import comms_hub, dcc, device, esme, gsme, han_tap, ihd, ppmid  # noqa: E402,F401,I001
 
+    # --- the actuators on a device's buttons (rig/actuator.py): bench.actuator("esme").hold("enable", 2.5)
+    from .actuator import actuator  # noqa: E402,F401,I001
+
     def safe(self) -> list[str]:
         """Ask the agent to put every output in its safe state now."""
         return self.bus.request(self.agent, "safe").get("changed", [])
@@ -299,6 +302,19 @@ class Lab:
         self.cfg, self.bus, self.clock = cfg, bus, clock
         self.holder = holder or holder_id()
         self._benches: dict[str, Bench] = {}
+        self._head_ends: dict[str, Any] = {}
+        self._head_end_lock = threading.Lock()
+
+    def head_end(self, bench: str) -> Any:
+        """The head end of ``bench`` as lab.yaml declares it (rig/headend), made
+        on first use and kept for the lab's life: its alerts, webhooks
+        included, are received between tests too."""
+        with self._head_end_lock:
+            if bench not in self._head_ends:
+                from .headend import make
+
+                self._head_ends[bench] = make(self, bench, self.cfg.bench(bench).head_end)
+            return self._head_ends[bench]
 
     @classmethod
     def open(cls, path: str | Path | LabConfig = "lab.yaml", endpoint: Endpoint | None = None,
@@ -328,6 +344,12 @@ class Lab:
         for bench in self._benches.values():
             bench.close()
         self._benches.clear()
+        for he in self._head_ends.values():
+            try:
+                he.close()
+            except Exception:  # noqa: BLE001 - the bus must still close
+                log.exception("closing the head end %r", he)
+        self._head_ends.clear()
         self.bus.close()
 
     def __enter__(self) -> "Lab":

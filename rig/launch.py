@@ -35,7 +35,7 @@ class LaunchError(RuntimeError):
 def bench_has_sim(cfg: LabConfig, bench: str) -> bool:
     b = cfg.bench(bench)
     return (any(i.simulated for i in b.instruments.values())
-            or any(d.backend == "sim" for d in b.devices.values())
+            or any(d.simulated for d in b.devices.values())
             or b.controller.pin_factory == "mock")
 
 

@@ -148,7 +148,7 @@ def agent(bench: str) -> Principal:
     return Principal(user, "agent", (
         Rule("read", f"{ROOT}/{bench}/#"),
         Rule("read", f"{ROOT}/_lab/#"),
-        *_node_writes(bench, ("agent", "relay", "instrument")),
+        *_node_writes(bench, ("agent", "relay", "instrument", "actuator")),
         Rule("write", f"{ROOT}/_reply/+"),
         Rule("write", f"{ROOT}/_lab/clock"),
     ), None if bench == "+" else bench)
@@ -157,14 +157,21 @@ def agent(bench: str) -> Principal:
 SIM_KINDS = ("device", "dcc", "han", "sim")
 
 
-def sim(bench: str) -> Principal:
-    """A bench's simulated world: its device twins, DCC, HAN medium."""
+def sim(bench: str, devices: Iterable[str] | None = None) -> Principal:
+    """A bench's simulated world: its device twins, DCC, HAN medium.
+    ``devices``: the only device nodes it may speak on (a bench with sealed
+    twins names the others, so that no sealed twin's node can say anything:
+    docs/devices.md, backend ``sealed``); None: every device node."""
     user = "sim" if bench == "+" else f"sim-{bench}"
+    kinds = SIM_KINDS if devices is None else tuple(k for k in SIM_KINDS if k != "device")
+    names = [] if devices is None else list(devices)
     return Principal(user, "device", (
         Rule("read", f"{ROOT}/{bench}/#"),
         Rule("read", f"{ROOT}/_lab/#"),
-        *_node_writes(bench, SIM_KINDS),
-        *[Rule("write", f"{ROOT}/{bench}/{k}/+/cmd/+") for k in SIM_KINDS],
+        *_node_writes(bench, kinds),
+        *[Rule("write", f"{ROOT}/{bench}/{k}/+/cmd/+") for k in kinds],
+        *[r for n in names for r in _node_writes(bench, ("device",), n)],
+        *[Rule("write", f"{ROOT}/{bench}/device/{n}/cmd/+") for n in names],
         Rule("write", f"{ROOT}/{bench}/instrument/+/address"),   # where a simulated instrument listens
         Rule("write", f"{ROOT}/_reply/+"),
     ), None if bench == "+" else bench)
@@ -190,10 +197,11 @@ def principals(lab: "LabConfig | None" = None, with_admin: bool = True) -> list[
     else:
         for name, bench in lab.benches.items():
             out.append(agent(name))
-            if any(d.backend == "sim" for d in bench.devices.values()) or \
+            if any(d.simulated for d in bench.devices.values()) or \
                     any(i.simulated for i in bench.instruments.values()) or bench.controller.pin_factory == "mock":
-                out.append(sim(name))
-            out += [device(name, d) for d, dev in bench.devices.items() if dev.backend != "sim"]
+                sealed = any(d.sealed for d in bench.devices.values())
+                out.append(sim(name, [d for d, dev in bench.devices.items() if not dev.sealed] if sealed else None))
+            out += [device(name, d) for d, dev in bench.devices.items() if not dev.simulated]
     if with_admin:
         out.append(admin())
     return out

@@ -334,12 +334,23 @@ def test_optical_probe_rejects_a_bad_block_check():
 
 
 def test_optical_probe_times_out_naming_the_port():
+    """A meter that does not answer (no supply: a bench rests de-energised)
+    leaves the probe open with no identity; a read then times out naming
+    the port."""
     path, handles = _meter_on_pty(lambda _data: b"")
     try:
         t0 = time.monotonic()
+        probe = OpticalProbe("optical", path, timeout=0.3).open()
+        assert probe.identity is None
+        import termios
+
+        attrs = termios.tcgetattr(handles[2])   # the line back at a neutral speed, as a meter's port leaves it
+        attrs[4] = attrs[5] = termios.B38400   # (some kernels refuse to re-apply 7E1 at an unchanged speed)
+        termios.tcsetattr(handles[2], termios.TCSANOW, attrs)
         with pytest.raises(InstrumentTimeout, match=rf"instrument optical at {path}: no identification"):
-            OpticalProbe("optical", path, timeout=0.3).open()
+            probe.read()
         assert time.monotonic() - t0 < 2.0
+        probe.close()
     finally:
         _close_meter(handles)
 

@@ -48,15 +48,16 @@ def _wired_physics(world: Any, name: str, role: str) -> PhysicalBench:
     return world.physics if getattr(world.cfg.wiring, role) == name else PhysicalBench(world.clock)
 
 
-def _meter_id(world: Any) -> str:
+def _meter_id(world: Any, probe: str | None = None) -> str:
     cfg = world.cfg
-    meter = cfg.wiring.meter or cfg.device_of_kind("esme")
+    inst = cfg.instruments.get(probe or "")
+    meter = (inst.device if inst is not None else None) or cfg.wiring.meter or cfg.device_of_kind("esme")
     dev = cfg.devices.get(meter) if meter else None
     return dev.id.replace(":", "") if dev is not None else "0000000000000000"
 
 
 def _optical(world: Any, name: str) -> SimulatedOpticalPort:
-    meter_id = _meter_id(world)
+    meter_id = _meter_id(world, name)
     return SimulatedOpticalPort(name, meter_id, physics_registers(world.physics, meter_id))
 
 

@@ -78,6 +78,8 @@ class SimulatedOpticalPort(SimulatedInstrument):
         super().__init__(name)
         self.meter_id = meter_id
         self.provider = provider
+        #: whether the meter behind the port is alive: a meter without supply does not answer
+        self.answering: Callable[[], bool] = lambda: True
         self._master = self._slave = -1
         self.path = ""
         self._stop = threading.Event()
@@ -152,7 +154,7 @@ class SimulatedOpticalPort(SimulatedInstrument):
         if sign_on:
             rest = buffer[sign_on.end():]
             address = sign_on.group(1).decode("ascii", errors="replace")
-            if self._speed() != termios.B300 or address not in ("", self.meter_id):
+            if self._speed() != termios.B300 or address not in ("", self.meter_id) or not self.answering():
                 self._release_line()
                 return rest, None              # not understood, or another meter's address
             self._send(f"/{self.identification}\r\n".encode("ascii"), 300)

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    real = {n: d for n, d in bench.devices.items() if d.backend != "sim" and (not args.device or n in args.device)}
+    real = {n: d for n, d in bench.devices.items() if not d.simulated and (not args.device or n in args.device)}
     if not real:
         print(f"error: bench {args.bench} has no device with a real backend to serve", file=sys.stderr)
         return 2

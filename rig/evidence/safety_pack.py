@@ -110,8 +110,10 @@ def part_identity(rec: dict[str, Any], part: str, bench: str | None) -> dict[str
 RIG_PARTS = {
     "dcc": "head end: service-request answers and the alert sink's receive times (rig/v1/<bench>/dcc/headend)",
     "han_tap": "HAN tap: the frames on the air as a sniffer saw them; replayed, delayed and forged frames it sent",
-    "rig": "the rig's own timing: the lab clock when it sent a command or a button's hold ended",
-    "meter event log": "the meter's own event log, read over the bus (the device's report of itself)",
+    "rig": "the rig's own timing: the lab clock when it sent a command, and each button's press and release as "
+           "the bench agent's actuator stamped them",
+    "meter event log": "the meter's own event log, its logbook read through its optical port (the device's report "
+                       "of itself)",
     "ppmid display": "the PPMID's own answer to a button (the device's report of itself)",
     "meter keypad answer": "the meter's own answer to its keypad (the device's report of itself)",
 }

@@ -10,9 +10,13 @@ supply      ``rig/v1/<bench>/device/<wiring.meter>/state``                   ``s
 alerts      ``rig/v1/<bench>/dcc/+/event/<name with alert>``                 ``code``/``alert``, else the event name
 ppmid       ``rig/v1/<bench>/device/<ppmid>/cmd/press|hold``,                ``args.button``/``button``, else the op
             ``.../event/<name with press or hold>``
+buttons     ``rig/v1/<bench>/actuator/<device>/state``                       each button released, at the
+                                                                             agent's stamp, with how long it was down
 ==========  ===============================================================  =========================
 
-plus the test's own steps.  Times are lab seconds from the test's start; a
+plus the test's own steps.  The supply track also follows the meter's
+optical port (an optical probe's ``instrument/<probe>/state``, register
+``96.3.10``), which is all a bench with a sealed or real meter publishes.  Times are lab seconds from the test's start; a
 message is placed at its payload's own ``ts`` (the sender's lab time; every
 part of a lab shares one clock anchor), else at the time the capture got it.
 :func:`render_svg` draws a timeline as inline SVG (no script, no fonts to
@@ -78,6 +82,17 @@ def _names(rec: dict[str, Any], bench: str | None = None) -> tuple[str | None, s
     return bench, wiring.get("mains_relay") or "mains", meter, ppmids
 
 
+#: IEC 62056-21 disconnect control state (``96.3.10``) -> supply
+DISCONNECT = {"0": "disabled", "1": "enabled", "2": "armed"}
+
+
+def _optical_supply(payload: dict[str, Any]) -> str | None:
+    if payload.get("kind") != "optical_probe":
+        return None
+    value = (payload.get("summary") or {}).get("96.3.10")
+    return DISCONNECT.get(str(value).split("*")[0].strip()) if value is not None else None
+
+
 def _supply_value(payload: dict[str, Any]) -> str | None:
     v = payload.get("supply")
     if isinstance(v, dict):
@@ -104,7 +119,9 @@ def build_tracks(rec: dict[str, Any], messages: Iterable[dict[str, Any]], bench:
     bench, relay, meter, ppmids = _names(rec, bench)
     base = f"{ROOT}/{bench}"
     tracks = {"mains": Track("mains", "state"), "supply": Track("supply", "state"),
-              "alerts": Track("alerts", "events"), "ppmid": Track("ppmid", "events")}
+              "alerts": Track("alerts", "events"), "ppmid": Track("ppmid", "events"),
+              "buttons": Track("buttons", "events")}
+    down: dict[tuple[str, str], float] = {}
     mains_topic, meter_topic = f"{base}/relay/{relay}/state", f"{base}/device/{meter}/state"
     ppmid_bases = tuple(f"{base}/device/{p}/" for p in ppmids)
     for msg in messages:
@@ -115,10 +132,22 @@ def build_tracks(rec: dict[str, Any], messages: Iterable[dict[str, Any]], bench:
             continue
         if topic == mains_topic and isinstance(p, dict) and p.get("state") in ("on", "off"):
             tracks["mains"].changes.append((ts, p["state"]))
-        elif topic == meter_topic and isinstance(p, dict):
-            v = _supply_value(p)
+        elif (topic == meter_topic or (topic.startswith(f"{base}/instrument/") and topic.endswith("/state"))) \
+                and isinstance(p, dict):
+            v = _supply_value(p) if topic == meter_topic else _optical_supply(p)
             if v is not None and (not tracks["supply"].changes or tracks["supply"].changes[-1][1] != v):
                 tracks["supply"].changes.append((ts, v))
+        elif topic.startswith(f"{base}/actuator/") and topic.endswith("/state") and isinstance(p, dict):
+            device = topic.split("/")[-2]
+            for button, b in (p.get("buttons") or {}).items():
+                if not isinstance(b, dict) or not isinstance(b.get("changed"), (int, float)):
+                    continue
+                key = (device, button)
+                if b.get("pressed") and key not in down:
+                    down[key] = float(b["changed"])
+                elif not b.get("pressed") and key in down:
+                    start = down.pop(key)
+                    tracks["buttons"].changes.append((start, f"{device} {button} {b['changed'] - start:.2f} s"))
         elif topic.startswith(f"{base}/dcc/") and "/event/" in topic and "alert" in topic.rsplit("/", 1)[1]:
             tracks["alerts"].changes.append((ts, _label(p, "code", "alert", "name",
                                                         default=topic.rsplit("/", 1)[1])))
@@ -186,7 +215,7 @@ def render_svg(tl: Timeline, width: int = 900) -> str:
     """The timeline as an inline ``<svg>`` element."""
     e = html.escape
     label_w, row_h, top = 70, 24, 8
-    rows = ["steps", "mains", "supply", "alerts", "ppmid"]
+    rows = ["steps", "mains", "supply", "alerts", "ppmid", "buttons"]
     height = top + row_h * len(rows) + 34
     span = max(tl.end - tl.start, 1e-6)
     plot_w = width - label_w - 10

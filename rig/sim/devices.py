@@ -2,10 +2,14 @@
 
 :func:`start_devices` is called by :class:`rig.sim.world.World` for a bench.
 It starts the simulated HAN (:mod:`rig.sim.han`), the head end
-(:mod:`rig.sim.dcc`) and one twin per device whose ``backend`` is ``sim``,
-and an adapter (:mod:`rig.adapters`) for any other backend.  Each twin has
-its own bus connection, with its own presence and Last Will, exactly as a
-real device's adapter would: the orchestrator cannot tell them apart.
+(:mod:`rig.sim.dcc`), one twin per device whose ``backend`` is ``sim`` or
+``sealed``, an adapter (:mod:`rig.adapters`) for any other backend, and the
+wiring of the bench's button actuators to the twins' buttons
+(:mod:`rig.sim.buttons`).  Each ``sim`` twin has its own bus connection,
+with its own presence and Last Will, exactly as a real device's adapter
+would: the orchestrator cannot tell them apart.  A ``sealed`` twin has
+none: it is reached only through its buttons, its optical port, the HAN
+and the head end, as a real device on a bench without an adapter.
 
 Every twin publishes a retained ``state`` with at least::
 
@@ -25,7 +29,7 @@ from dataclasses import fields
 import threading
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -96,6 +100,7 @@ class SimulatedHan:
         s(self.node, "delay", self._delay, DelayArgs)
         s(self.node, "forge", self._forge, FrameArgs)
         s(self.node, "links", lambda _a, _c: {"links": self.medium.links()})
+        s(self.node, "link_test", self._link_test, TapLinkTestArgs)
         self._refresh = self.loop.call_every(refresh_period(self.clock), self.publish, first=0.0)
         return self
 
@@ -155,11 +160,47 @@ class SimulatedHan:
         sent = self.medium.inject(frame, "forged")
         return {"forged": sent is not None, "counter": frame.counter, "at": self.clock.now()}
 
+    def _link_test(self, args: "TapLinkTestArgs", _ctx: CommandContext) -> dict:
+        """The injector's link test: ``frames`` single-attempt frames to ``peer``
+        from the coordinator's place, under the coordinator's address, counting
+        the peer's MAC acknowledgements (a MAC acknowledges before any
+        security check, so a radio that does not hold the keys can measure a
+        link).  On a real bench the injector's antenna sits on the hub's side
+        of the path's attenuator."""
+        from .zcl import Metering, read_attributes
+
+        coord = self.medium.coordinator
+        peer = self.medium.radios.get(args.peer)
+        if coord is None or peer is None or peer is coord:
+            known = sorted(n for n, r in self.medium.radios.items() if r is not coord)
+            raise Refused(f"no device '{args.peer}' on the HAN to test; devices: {', '.join(known) or 'none'}",
+                          code="invalid")
+        shared = [b for b in coord.bands if b in peer.bands]
+        band = args.band or (shared[0] if shared else None)
+        if band not in shared:
+            raise Refused(f"{args.peer} has no band {args.band} the coordinator has ({', '.join(shared) or 'none'})",
+                          code="invalid")
+        if not coord.powered():
+            raise Refused("the coordinator (comms hub) is dark: no HAN to test", code="refused")
+        frame = read_attributes(Metering, ["current_summ_delivered"], tsn=0)
+        result = coord.link_test(args.peer, band, args.frames, Metering.cluster_id, frame,
+                                 timeout=5.0 + 0.5 * args.frames)
+        if result.sent < args.frames:
+            raise Refused(f"link test to {args.peer} on {band} stopped after {result.sent} of {args.frames} frames "
+                          "(the coordinator lost power)", code="timeout")
+        return {**result.report(), "method": "tap_mac_ack"}
+
     def stop(self) -> None:
         if self._refresh is not None:
             self._refresh.cancel()
         self.loop.stop()
         self.bus.close()
+
+
+class TapLinkTestArgs(BaseModel):
+    peer: str = Field(..., description="the device whose link to the coordinator is measured")
+    band: Literal["2.4GHz", "868MHz"] | None = Field(None, description="default: the first band both have")
+    frames: int = Field(50, ge=1, le=1000)
 
 
 class FrameArgs(BaseModel):
@@ -251,9 +292,12 @@ class Twin:
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> "Twin":
         self._worker.start()
-        self.bus.connect()
-        self.serve()
-        self.bus.serve(self.node, "status", lambda _a, _c: self.full_state())
+        if not self.cfg.sealed:
+            # a sealed twin (backend: sealed) never connects: no operation, state,
+            # event or presence of its own on the bus, as a real meter on a bench
+            self.bus.connect()
+            self.serve()
+            self.bus.serve(self.node, "status", lambda _a, _c: self.full_state())
         self.radio.start()
         self._timers.append(self.loop.call_every(refresh_period(self.clock), self.publish,
                                                  first=refresh_period(self.clock)))
@@ -384,17 +428,21 @@ def start_devices(world: "World") -> list[Any]:
         twins: dict[str, Twin] = {}
         order = sorted(cfg.devices.items(), key=lambda kv: kv[1].kind != "comms_hub")
         for name, dev in order:
-            if dev.backend == "sim":
+            if dev.simulated:
                 twins[name] = classes[dev.kind](world, han, name, dev)
         headend = HeadEnd(world, han, twins)
         parts.append(headend.start())
         for name, dev in order:
-            if dev.backend == "sim":
+            if dev.simulated:
                 parts.append(twins[name].start())
             else:
                 from ..adapters import start_adapter
 
                 parts.append(start_adapter(world, name, dev, medium=han))
+        from .buttons import ButtonWiring
+
+        parts.append(ButtonWiring(world, twins).start())
+        world.twins = twins
     except BaseException:
         for part in reversed(parts):
             try:

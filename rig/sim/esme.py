@@ -68,6 +68,8 @@ REGISTER_FAST = 1.03
 LOG_SIZE = 2000
 #: longest wait between metrology ticks, lab seconds
 MAX_TICK = 60.0
+#: event log entries the optical port's data readout carries (the latest), as logbook lines
+OPTICAL_LOGBOOK = 64
 
 #: which remote party may send which inner command (SEC-2, SEC-4)
 AUTHORITY: dict[tuple[str, str], set[str]] = {
@@ -187,6 +189,8 @@ class Esme(Twin):
         self.radio.accept_forged = self.quirks.accepts_forged_frames
         self.log: list[dict[str, Any]] = []
         self._tick_handle = None
+        self._pushes: dict[str, tuple[float, bool, bool]] = {}   # button -> (down at, powered then, a hold)
+        self._keypad = ""
 
     # ------------------------------------------------------------------ supply (rig.supply)
     @property
@@ -522,13 +526,17 @@ class Esme(Twin):
 
     def _press(self, args: PressArgs, _ctx: CommandContext) -> dict:
         self._require_power()
+        return self._press_action(args.button)
+
+    def _press_action(self, button: str) -> dict:
+        """A press of ``button`` (op ``press``, or a short push on its GPIO input)."""
         with self.lock:
-            if args.button == "enable":
+            if button == "enable":
                 self.prompt_until = self.clock.now() + PROMPT_SECONDS
                 self.record("button", button="enable", action="press")
                 self.publish()
                 return {"display": self.display(), "prompt_until": self.prompt_until}
-            if args.button == "emergency_credit":
+            if button == "emergency_credit":
                 ok, why = self._activate_emergency_credit("meter button")
                 self.alert(AlertCode.UI_COMMAND_ACTIONED if ok else AlertCode.UI_COMMAND_NOT_ACTIONED,
                            input="emergency_credit")
@@ -544,16 +552,20 @@ class Esme(Twin):
             prompt = self.prompt_until >= start and args.button == "enable"
             self.record("button", button=args.button, action="hold", seconds=args.seconds)
         self.clock.sleep(args.seconds)   # the person holds the button for this long
-        released = self.clock.now()
+        return self._hold_action(args.button, args.seconds, prompt, self.clock.now())
+
+    def _hold_action(self, button: str, seconds: float, prompt: bool, released: float) -> dict:
+        """The end of a hold of ``button`` (op ``hold``, or a long push on its
+        GPIO input): ``prompt`` whether the enable prompt showed when it began."""
         with self.lock:
             if not self.powered:
                 return {"actioned": False, "reason": "supply lost during the hold", "supply": self.supply}
-            if args.button != "enable":
-                return {"actioned": False, "reason": f"holding '{args.button}' does nothing", "supply": self.supply}
+            if button != "enable":
+                return {"actioned": False, "reason": f"holding '{button}' does nothing", "supply": self.supply}
             if not prompt:
                 why = "hold without the enable prompt: press 'enable' first (SUP-7)"
-            elif args.seconds < self.s.hold_time and not self.quirks.ignores_hold_time:
-                why = f"held {args.seconds:g} s, less than the {self.s.hold_time:g} s needed (SUP-7)"
+            elif seconds < self.s.hold_time and not self.quirks.ignores_hold_time:
+                why = f"held {seconds:g} s, less than the {self.s.hold_time:g} s needed (SUP-7)"
             else:
                 why = ""
             if why:
@@ -564,6 +576,35 @@ class Esme(Twin):
             ok, why = self._local_enable("meter button")
             self.alert(AlertCode.UI_COMMAND_ACTIONED if ok else AlertCode.UI_COMMAND_NOT_ACTIONED, input="enable")
             return {"actioned": ok, "reason": why, "supply": self.supply, "released": released}
+
+    # ------------------------------------------------------------------ buttons on GPIO (rig/sim/buttons.py)
+    def button_input(self, button: str, down: bool, at: float) -> None:
+        """An edge of one of the meter's buttons as its input pin saw it,
+        ``at`` the lab time of the edge (the bench's actuator stamp).  A
+        push that starts while the enable prompt shows is a hold of
+        ``enable`` (judged by how long it lasted); any other push is a
+        press.  Keypad digits gather until ``key_enter`` enters them as a
+        UTRN.  Without mains the buttons are dead."""
+        with self.lock:
+            if down:
+                self._pushes[button] = (at, self.powered, button == "enable" and self.prompt_until >= at)
+                return
+            start, live, hold = self._pushes.pop(button, (None, False, False))
+            if start is None or not live or not self.powered:
+                return
+            if button.startswith("key_"):
+                key = button.removeprefix("key_")
+                if key != "enter":
+                    self._keypad = (self._keypad + key)[-40:]
+                    return
+                code, self._keypad = self._keypad, ""
+                self._top_up(code, "meter keypad")
+                return
+        if hold:
+            self.record("button", button=button, action="hold", seconds=round(at - start, 3))
+            self._hold_action(button, at - start, True, at)
+        else:
+            self._press_action(button)
 
     def _enter_utrn(self, args: UtrnArgs, _ctx: CommandContext) -> dict:
         self._require_power()
@@ -583,13 +624,22 @@ class Esme(Twin):
             self._integrate()
             return self.state()
 
-    def optical_registers(self) -> list[tuple[str, str]]:
+    def optical_registers(self) -> list[tuple[str, Any]]:
         """The meter's IEC 62056-21 data block (for a simulated optical port:
-        ``port.provider = esme.optical_registers``)."""
+        ``port.provider = esme.optical_registers``): its registers, the
+        disconnect control state ``96.3.10`` (0 disconnected, 1 connected, 2
+        ready for reconnection: disabled, enabled, armed), the clock, and the
+        last :data:`OPTICAL_LOGBOOK` entries of its event log as logbook lines
+        ``P.98(<YYMMDDhhmmss>)(<code>)(<event>)`` (UTC, whole seconds)."""
+        from instruments.optical_probe import LOGBOOK, stamp
+
         with self.lock:
             self._integrate()
-            return [
+            now = self.clock.now()
+            lines: list[tuple[str, Any]] = [
                 ("0.0.0", self.cfg.id.replace(":", "")),
+                ("0.9.1", stamp(now)[6:]),
+                ("0.9.2", stamp(now)[:6]),
                 ("1.8.0", f"{self.energy_wh / 1000.0:010.3f}*kWh"),
                 ("32.7.0", f"{self.physics.line_voltage() if self.powered else 0.0:05.1f}*V"),
                 ("31.7.0", f"{self.physics.load_current() if self.wired else 0.0:06.2f}*A"),
@@ -598,6 +648,9 @@ class Esme(Twin):
                 ("C.51.0", f"{len(self.log)}"),
                 ("F.F", "00000000"),
             ]
+            for e in self.log[-OPTICAL_LOGBOOK:]:
+                lines.append((LOGBOOK, [stamp(float(e["ts"])), str(e.get("code", "")), str(e["event"])]))
+            return lines
 
     def display(self) -> str:
         if not self.powered:

@@ -36,6 +36,8 @@ low credit, supply state), read from the meter every
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -100,6 +102,9 @@ class Ppmid(Twin):
         self.message = ""
         self.queue: list[dict[str, Any]] = []
         self.commands: list[dict[str, Any]] = []
+        self._pushes: dict[str, tuple[float, bool]] = {}   # button -> (down at, a hold)
+        self._keypad = ""
+        self._ui: queue.Queue | None = None
 
     def serve(self) -> None:
         self.bus.serve(self.node, "press", self._press, PressArgs)
@@ -208,6 +213,75 @@ class Ppmid(Twin):
             self.clock.sleep(SLOW_SEND)
         return self._send("enable", released)
 
+    # ------------------------------------------------------------------ buttons on GPIO (rig/sim/buttons.py)
+    def button_input(self, button: str, down: bool, at: float) -> None:
+        """An edge of one of the PPMID's buttons as its input pin saw it, ``at``
+        the lab time of the edge (the bench's actuator stamp).  A push of
+        ``enable`` that starts while the prompt shows is a hold, judged by
+        how long it lasted (the enable is stamped with the moment it ended);
+        any other push is a press.  Keypad digits gather until ``key_enter``
+        sends them as a UTRN.  Commands go out on the PPMID's own worker, as
+        they would from its firmware's main loop."""
+        with self.lock:
+            if down:
+                self._pushes[button] = (at, button == "enable" and self.prompt_until >= at)
+                return
+            start, hold = self._pushes.pop(button, (None, False))
+            if start is None:
+                return
+            if button.startswith("key_"):
+                key = button.removeprefix("key_")
+                if key != "enter":
+                    self._keypad = (self._keypad + key)[-40:]
+                    return
+                code, self._keypad = self._keypad, ""
+        if button == "key_enter":
+            self._later(lambda: self._send("utrn", start, code))
+        elif hold:
+            held = at - start
+            if held < self.hold_time:
+                return      # too short: nothing is sent (SUP-7)
+            with self.lock:
+                self.prompt_until = float("-inf")
+
+            def enable() -> None:
+                if self.quirks.slow_to_send:
+                    self.clock.sleep(SLOW_SEND)
+                self._send("enable", at)
+            self._later(enable)
+        elif button == "enable":
+            with self.lock:
+                self.prompt_until = self.clock.now() + PROMPT_SECONDS
+                self.message = f"HOLD TO ENABLE SUPPLY ({self.hold_time:g} s)"
+            self.publish()
+            if self.quirks.enables_without_hold:
+                self._later(lambda: self._send("enable", start))   # fault: the press alone sends it
+        elif button == "emergency_credit":
+            self._later(lambda: self._send("emergency_credit", start))
+        elif button == "display":
+            with self.lock:
+                self.page = (self.page + 1) % 3
+            self.publish()
+
+    def _later(self, fn) -> None:
+        """Run a button's command on the PPMID's user-interface worker: it waits
+        for the meter's answer, and must not wait behind a display refresh."""
+        with self.lock:
+            if self._ui is None:
+                self._ui = queue.Queue()
+                threading.Thread(target=self._ui_loop, name=f"ppmid-ui:{self.bench}/{self.name}", daemon=True).start()
+        self._ui.put(fn)
+
+    def _ui_loop(self) -> None:
+        while True:
+            fn = self._ui.get()
+            if fn is None or self._stopped:
+                return
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - the PPMID keeps running
+                log.exception("%s: button command failed", self.name)
+
     # ------------------------------------------------------------------ commands to the meter
     def _frame(self, what: str, pressed: float, code: str | None, tsn: int) -> tuple[int, bytes]:
         if what == "enable":
@@ -282,6 +356,11 @@ class Ppmid(Twin):
         pages = [f"CREDIT GBP {m.get('credit', 0):.2f}", f"SUPPLY {str(m.get('supply', '?')).upper()}",
                  f"EMERGENCY GBP {m.get('emergency_credit', 0):.2f}"]
         return pages[self.page % len(pages)]
+
+    def stop(self) -> None:
+        if self._ui is not None:
+            self._ui.put(None)
+        super().stop()
 
     def state(self) -> dict[str, Any]:
         return {

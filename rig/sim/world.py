@@ -61,15 +61,26 @@ class World:
         self._agent_silence = self.cfg.controller.heartbeat_timeout
         self._mains_lock = threading.Lock()
         self._stopped = threading.Event()
+        #: called with the agent's liveness when it changes (rig/sim/buttons.py releases the buttons)
+        self.on_agent_change: list[Any] = []
+        self.twins: dict[str, Any] = {}     # the device twins by name (rig/sim/devices.py)
+
+    @property
+    def agent_online(self) -> bool:
+        return self._agent_online
+
+    def _agent_now(self, online: bool) -> None:
+        for fn in list(self.on_agent_change):
+            try:
+                fn(online)
+            except Exception:  # noqa: BLE001 - the fail-safe model must not die
+                log.exception("agent change listener")
 
     # ------------------------------------------------------------------ relays -> physics
     def _follow_relays(self) -> None:
         relay = self.cfg.wiring.mains_relay
-        if relay is None:
-            return
-        rcfg = self.cfg.relays[relay]
-        self._mains_safe_closed = rcfg.safe_state == "on"
-        node = Node(self.bench_name, "relay", relay)
+        self._mains_safe_closed = relay is not None and self.cfg.relays[relay].safe_state == "on"
+        node = Node(self.bench_name, "relay", relay) if relay is not None else None
         agent = agent_node(self.bench_name)
 
         def on_relay(_topic: str, payload: Any) -> None:
@@ -87,8 +98,10 @@ class World:
             self._agent_seen = time.monotonic()
             self._agent_online = online
             self._apply_mains()
+            self._agent_now(online)
 
-        self.bus.subscribe(node.state, on_relay)
+        if node is not None:
+            self.bus.subscribe(node.state, on_relay)
         self.bus.subscribe(agent.presence, on_agent)
         threading.Thread(target=self._watch_agent, name=f"sim-agent-watch:{self.bench_name}", daemon=True).start()
 
@@ -104,6 +117,7 @@ class World:
                                 self.bench_name, silent)
                     self._agent_online = False
                     self._apply_mains()
+                    self._agent_now(False)
             except Exception:  # noqa: BLE001 - the fail-safe model must not die
                 log.exception("watching the agent of %s", self.bench_name)
 
@@ -113,6 +127,8 @@ class World:
         simulation hears of it a bus hop later), unless that is older than the
         hop can explain (a retained state from before this world started)."""
         relay = self.cfg.wiring.mains_relay
+        if relay is None:
+            return
         with self._mains_lock:
             closed = (self._relay_state.get(relay, self._mains_safe_closed) if self._agent_online
                       else self._mains_safe_closed)
@@ -133,11 +149,28 @@ class World:
 
         self.parts += start_simulated_instruments(self)
         self.parts += start_devices(self)
+        self._wire_optical_ports()
         self.bus.publish_state(self.node, {"physics": self.physics.describe()})
         self.physics.listen(lambda _what: self._publish_physics())
         self.bus.announce()
         log.info("simulated world for %s up: %d parts", self.bench_name, len(self.parts))
         return self
+
+    def _wire_optical_ports(self) -> None:
+        """A simulated optical probe sits on its meter's port: the port answers
+        with the meter twin's own registers and logbook, and not at all while
+        the meter has no supply."""
+        from instruments.sim.optical_port import SimulatedOpticalPort
+
+        for part in self.parts:
+            if not isinstance(part, SimulatedOpticalPort):
+                continue
+            cfg = self.cfg.instruments.get(part.name)
+            meter = (cfg.device if cfg is not None else None) or self.cfg.wiring.meter
+            twin = self.twins.get(meter or "")
+            if twin is not None and hasattr(twin, "optical_registers"):
+                part.provider = twin.optical_registers
+                part.answering = lambda t=twin: bool(t.powered)
 
     def _publish_physics(self) -> None:
         if self.bus.connected:

@@ -48,7 +48,8 @@ import pytest
 
 from rig.alerts import OUTAGE_ALERT, AlertCode
 
-from .observe import LIVE_A, LOAD_A, alerts_between, analyser_name, first_alert, peak_current, wait_until
+from .observe import (LIVE_A, LOAD_A, alerts_between, analyser_name, first_alert, last_mains_return, meter,
+                      peak_current, wait_until)
 
 RESTORED_SHORT = AlertCode.SUPPLY_OUTAGE_RESTORED.hex
 RESTORED_LONG = AlertCode.SUPPLY_OUTAGE_RESTORED_LONG.hex
@@ -169,24 +170,27 @@ def check_counts(bench, dcc, meter: str, cut: Interruption, end: float, outage_a
             observed_by="dcc", **attrs)
 
 
-def check_logged(esme, cut: Interruption, measure, tolerance: float, **attrs: Any) -> None:
+def check_logged(bench, cut: Interruption, measure, tolerance: float, **attrs: Any) -> None:
     """OUT-1: one ``supply_lost`` and one ``supply_restored`` in the meter's
-    log, each at the time the rig switched, and the logged interruption as
-    long as the rig made it."""
-    log = esme.event_log(since=cut.off_window[0] - tolerance)
+    log (its logbook, read from its optical port), each at the time the rig
+    switched, and the logged interruption as long as the rig made it."""
+    m = meter(bench)
+    log = m.event_log(since=cut.off_window[0] - tolerance - 1.0)   # the logbook's times are whole seconds
+    attrs = {**attrs, "source": m.source}
 
     def at(event: str, window: tuple[float, float]) -> list[dict[str, Any]]:
         return [e for e in log if e.get("event") == event
                 and window[0] - tolerance <= float(e.get("ts", 0)) <= window[1] + tolerance]
 
     lost, restored = at("supply_lost", cut.off_window), at("supply_restored", cut.on_window)
-    measure("outage.loss_logged", len(lost), equals=1, requirement="OUT-1", observed_by="meter event log", **attrs)
+    measure("outage.loss_logged", len(lost), equals=1, requirement="OUT-1", observed_by=["meter event log", m.source],
+            **attrs)
     measure("outage.restoration_logged", len(restored), equals=1, requirement="OUT-1",
-            observed_by="meter event log", **attrs)
+            observed_by=["meter event log", m.source], **attrs)
     if lost and restored:
         measure("outage.logged_duration", round(float(restored[0]["ts"]) - float(lost[0]["ts"]), 3), "s",
                 low=cut.length - tolerance, high=cut.length + tolerance, requirement="OUT-1",
-                observed_by=["meter event log", "mains"], **attrs)
+                observed_by=["meter event log", m.source, "mains"], **attrs)
 
 
 def expected_restoration(length: float, period: float, tolerance: float) -> str | None:
@@ -227,12 +231,12 @@ def derive_threshold(probes: list[tuple[float, bool]]) -> tuple[float, str, bool
 
 def settle(bench, esme, dcc, tolerance: float) -> None:
     """Let the restoration alert of the meter's last outage (the bench starts
-    each test with mains just switched on) reach the sink before a new
-    outage starts, so that the two are not confused."""
-    last = esme.state.get("last_outage") or {}
-    if last.get("end") is None:
+    each test with mains just switched on) reach the head end before a new
+    outage starts, so that the two are not confused.  The end of that
+    outage is when the rig last closed the mains relay."""
+    end = last_mains_return(bench)
+    if end is None:
         return
-    end = float(last["end"])
     first_alert(bench, dcc, end - 1.0, max(end + tolerance, bench.clock.now()), is_restoration(esme.name), inbox=DNO)
 
 
@@ -261,7 +265,7 @@ def test_short_interruption_is_logged_and_restored_but_not_alerted(bench, mains,
         check_restoration(bench, dcc, esme.name, cut, RESTORED_SHORT, measure, s.alert_tolerance,
                           interruption_s=round(cut.length, 2))
     with step("the meter's event log"):
-        check_logged(esme, cut, measure, s.log_tolerance, interruption_s=round(cut.length, 2))
+        check_logged(bench, cut, measure, s.log_tolerance, interruption_s=round(cut.length, 2))
     with step("no outage alert until the period and its tolerance have passed"):
         check_counts(bench, dcc, esme.name, cut, max(cut.off + period, cut.on) + s.alert_tolerance, 0, measure,
                      interruption_s=round(cut.length, 2), **reference.attrs("outage_alert_period"))
@@ -292,7 +296,7 @@ def test_long_outage_alerts_the_dcc_then_restoration(bench, mains, esme, dcc, se
         check_restoration(bench, dcc, esme.name, cut, RESTORED_LONG, measure, s.alert_tolerance,
                           interruption_s=round(cut.length, 2))
     with step("the meter's event log"):
-        check_logged(esme, cut, measure, s.log_tolerance, interruption_s=round(cut.length, 2))
+        check_logged(bench, cut, measure, s.log_tolerance, interruption_s=round(cut.length, 2))
     check_counts(bench, dcc, esme.name, cut, cut.on + s.alert_tolerance, 1, measure,
                  interruption_s=round(cut.length, 2))
 
@@ -356,7 +360,7 @@ def test_every_flicker_is_logged_and_reported_once(bench, ac_source, analyser, e
         restored = check_restoration(bench, dcc, esme.name, cut, RESTORED_SHORT, measure, s.alert_tolerance,
                                      flicker=i)
         delivered += restored is not None
-        check_logged(esme, cut, measure, s.log_tolerance, flicker=i, interruption_s=s.flicker_seconds)
+        check_logged(bench, cut, measure, s.log_tolerance, flicker=i, interruption_s=s.flicker_seconds)
         check_counts(bench, dcc, esme.name, cut, cut.on + s.alert_tolerance, 0, measure, flicker=i)
     measure("outage.delivery_ratio", delivered / s.flickers, low=s.delivery_min, requirement="OUT-7",
             expected=s.flickers, delivered=delivered, observed_by="dcc")
@@ -380,10 +384,10 @@ def test_outage_keeps_the_supply_off_until_a_local_enable(held, bench, mains, lo
     window = reference.enable_latency_bound
     with step(f"supplier makes the supply {held}"):
         dcc.disable()
-        esme.wait_supply("disabled")
+        meter(bench).wait_supply("disabled")
         if held == "armed":
             dcc.arm()
-            esme.wait_supply("armed")
+            meter(bench).wait_supply("armed")
     witness = analyser_name(bench)
     try:
         load.draw(amps=LOAD_A)
@@ -399,7 +403,7 @@ def test_outage_keeps_the_supply_off_until_a_local_enable(held, bench, mains, lo
         if held == "disabled":
             with step("supplier arms the supply"):
                 dcc.arm()
-                esme.wait_supply("armed")
+                meter(bench).wait_supply("armed")
             measure("outage.load_current_when_armed", peak_current(bench, analyser, window), "A", high=LIVE_A,
                     requirement="SUP-2", observed_by=witness)
         with step("local enable at the meter"):

@@ -7,10 +7,13 @@ Run it::
     pytest --lab lab.yaml rig/suites/test_propagation.py      # while developing
 
 **Attenuation sweeps.**  For every RF path of the bench (lab.yaml
-``rf_paths``) that has an attenuator, the comms hub sends test frames to
-the device at the other end on the path's band (``comms_hub.link_test``:
-real ZCL frames, each sent once with no MAC retries) while the attenuator
-steps up.  Each step records ``propagation.per``, ``propagation.rssi`` and
+``rf_paths``) that has an attenuator, the HAN tap's injector sends test
+frames from the hub's place to the device at the other end on the path's
+band (``han_tap.link_test``: real ZCL frames under the hub's address, each
+sent once with no MAC retries, counted by the device's MAC
+acknowledgements) while the attenuator steps up; a bench without a tap
+uses the device's HAN bridge, if it has one (rig/suites/observe.py
+``link_test``), and skips otherwise.  Each step records ``propagation.per``, ``propagation.rssi`` and
 ``propagation.lqi`` (attributes ``band``, ``attenuation_db``, ``path``).
 Steps: ``4 x step_db`` from the attenuator's minimum until the link is lost
 (PER >= 50 %), then ``step_db / 2`` from the last clean coarse step through
@@ -53,6 +56,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from rig.coverage import LibraryError, load_library, loss_for_share, study
+
+from .observe import bands, link_test, wait_link
 
 #: PER at the link edge: 802.15.4's sensitivity criterion (see the module text)
 PER_THRESHOLD = 0.01
@@ -163,8 +168,7 @@ def sweep(bench, name: str, settings) -> Sweep:
     cfg = bench.cfg.rf_paths[name]
     ends = _peer(bench, cfg.between)
     assert ends is not None, f"rf_path {name} joins no comms hub: the hub runs the link test"
-    hub_name, peer = ends
-    hub = bench.device(hub_name)
+    _hub, peer = ends
     att = bench.attenuators[cfg.attenuator]
     limits = bench.cfg.instruments[cfg.attenuator].limits
     floor = limits.attenuation_min or 0.0
@@ -189,7 +193,7 @@ def sweep(bench, name: str, settings) -> Sweep:
         left = n
         while left > 0:                       # the link test takes at most 1000 frames a call
             take = min(left, 1000)
-            point.add(hub.link_test(peer, cfg.band, frames=take))
+            point.add(link_test(bench, peer, cfg.band, frames=take))
             left -= take
         return point
 
@@ -276,13 +280,21 @@ def _paths(bench, band: str | None = None) -> list[str]:
             if p.attenuator and (band is None or p.band == band) and _peer(bench, p.between) is not None]
 
 
-def _leave_links_as_found(bench, peer: str, before: dict) -> None:
+def _links(bench, peer: str) -> dict[str, bool]:
+    """Which of the peer's bands carry its link now (a short link test each)."""
+    return {b: _per(link_test(bench, peer, b, 10)) < 0.5 for b in bands(bench, peer)}
+
+
+def _per(result: dict) -> float:
+    return 1.0 if result.get("per") is None else float(result["per"])
+
+
+def _leave_links_as_found(bench, peer: str, before: dict[str, bool]) -> None:
     """Wait until every band that was up before the sweep is up again."""
-    handle = bench.device(peer)
-    was_up = [b for b, link in before.items() if isinstance(link, dict) and link.get("up")]
-    if was_up:
-        handle.wait_state(lambda s: all((s.get("han") or {}).get(b, {}).get("up") for b in was_up), RECOVERY,
-                          f"{peer} back on the HAN ({', '.join(was_up)}) after the sweep")
+    was_up = [b for b, up in before.items() if up]
+    if was_up and not bench.clock.wait_for(lambda: all(_links(bench, peer)[b] for b in was_up), RECOVERY,
+                                           poll=bench.clock.lab_seconds(0.01)):
+        raise TimeoutError(f"{peer} not back on the HAN ({', '.join(was_up)}) within {RECOVERY:g} lab s of the sweep")
 
 
 def measured(bench, name: str, settings, sweeps: dict, measure, step) -> Sweep:
@@ -291,7 +303,7 @@ def measured(bench, name: str, settings, sweeps: dict, measure, step) -> Sweep:
     if key not in sweeps:
         cfg = bench.cfg.rf_paths[name]
         peer = _peer(bench, cfg.between)[1]
-        before = dict(bench.device(peer).han)
+        before = _links(bench, peer)
         with step(f"sweep {name}", band=cfg.band, path=name, attenuator=cfg.attenuator):
             s = sweep(bench, name, settings)
         _record(s, measure, bench.lab.cfg.han.bands[cfg.band].tx_power_dbm)
@@ -308,11 +320,11 @@ def sweeps() -> dict:
 
 @pytest.fixture
 def hub_ready(comms_hub):
-    """The hub on mains, every device the sweeps talk to online."""
-    comms_hub.wait_state(lambda s: s.get("power") == "mains", 60, "hub on mains")
+    """Mains on (the ``powered`` baseline), and every device the sweeps talk
+    to on the HAN (a link test finds its link up)."""
     bench = comms_hub.bench
-    for name in {_peer(bench, bench.cfg.rf_paths[p].between)[1] for p in _paths(bench)}:
-        bench.device(name).wait_online()
+    for name in sorted({_peer(bench, bench.cfg.rf_paths[p].between)[1] for p in _paths(bench)}):
+        wait_link(bench, name, True, RECOVERY)
     return comms_hub
 
 

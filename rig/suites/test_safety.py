@@ -9,8 +9,11 @@ command, never by itself; and the load side is always judged by the power
 analyser, never by the meter's own report (property 6).
 
 What a verdict rests on (rig/suites/observe.py): the analyser's samples, the
-rig's own timing of each button it holds, the head end's answers and the
-alerts its sink received, and the HAN tap's view of the air.  Requirement
+bench agent's stamps of each button its actuators press and release, the
+meter's own registers through its optical port, the head end's answers and
+the alerts it received, and the HAN tap's view of the air: what a real lab
+has, so that the checks run unchanged on a bench whose meter and PPMID are
+black boxes (labs/blackbox.yaml).  Requirement
 values (the 5 s enable bound, the 2 s hold) come from the ``reference``
 fixture, never from the device's configuration.  The rig also probes the
 meter's own defences as an attacker or a slow network would: it replays,
@@ -27,8 +30,9 @@ import pytest
 
 from rig.bus import CommandError
 
-from .observe import (CHANGE_SUPPLY, LIVE_A, LOAD_A, PREPAYMENT, analyser_name, dead_for, enable_latency, expect_dead_for, first_alert,
-                      hold_seconds, ppmid_enables_on_air, press_and_hold, wait_live)
+from .observe import (CHANGE_SUPPLY, LIVE_A, LOAD_A, PREPAYMENT, analyser_name, bands, dead_for, enable_latency,
+                      enter_code, first_alert, hold_seconds, keypad, link_test, meter, ppmid_enables_on_air, press,
+                      press_and_hold, wait_enable_answered, wait_link, wait_live, wait_ppmid_informed)
 
 #: lab seconds a check watches the load side stay dead after something that must not close the supply
 WATCH = 5.0
@@ -44,11 +48,11 @@ def disable_and_arm(bench, dcc, esme, analyser, step, measure=None, trial=None) 
     """Supplier disables (the analyser confirms the load side dead), then arms."""
     with step("remote disable"):
         dcc.disable()
-        esme.wait_supply("disabled")
+        meter(esme.bench).wait_supply("disabled")
         analyser.wait_for(lambda r: r.current < LIVE_A, 30, "load side dead after disable")
     with step("remote arm"):
         dcc.arm()
-        esme.wait_supply("armed")
+        meter(esme.bench).wait_supply("armed")
     if measure is not None:
         dead_for(bench, analyser, WATCH, measure, "safety.load_current_armed", requirement="SUP-2", trial=trial)
 
@@ -59,9 +63,9 @@ def bound(reference) -> float:
 
 def restore_enabled(esme, clock, reference) -> None:
     """Back to enabled with the meter's own press-and-hold, for the next trial."""
-    if esme.state.get("supply") == "armed":
+    if meter(esme.bench).supply() == "armed":
         press_and_hold(clock, esme, hold_seconds(reference))
-    esme.wait_supply("enabled")
+    meter(esme.bench).wait_supply("enabled")
 
 
 def refused(op) -> tuple[bool, dict]:
@@ -94,11 +98,11 @@ def test_disable_arm_then_the_meter_button_enables(bench, esme, dcc, load, analy
     for trial in range(settings.safety.trials):
         with step("remote disable", trial=trial):
             dcc.disable()
-            esme.wait_supply("disabled")
+            meter(esme.bench).wait_supply("disabled")
         dead_for(bench, analyser, WATCH, measure, "safety.load_current_disabled", requirement="SUP-1", trial=trial)
         with step("remote arm", trial=trial):
             dcc.arm()
-            esme.wait_supply("armed")
+            meter(esme.bench).wait_supply("armed")
         dead_for(bench, analyser, WATCH, measure, "safety.load_current_armed", requirement="SUP-2", trial=trial)
         if trial == 0:
             armed = first_alert(bench, dcc, t0, clock.now() + 10.0, lambda a: a.get("device") == esme.name
@@ -110,7 +114,7 @@ def test_disable_arm_then_the_meter_button_enables(bench, esme, dcc, load, analy
         with step("meter press and hold", trial=trial):
             action = press_and_hold(clock, esme, hold_seconds(reference))
         enable_latency(bench, analyser, action, bound(reference), measure, "meter button", reference, trial=trial)
-        esme.wait_supply("enabled")
+        meter(esme.bench).wait_supply("enabled")
 
 
 @pytest.mark.requirement("SUP-7", "SUP-2")
@@ -133,7 +137,7 @@ def test_a_short_hold_or_a_hold_without_the_prompt_does_nothing(bench, esme, dcc
              **reference.attrs("hold_time"))
     with step("full sequence on a disabled, not armed, supply"):
         dcc.disable()
-        esme.wait_supply("disabled")
+        meter(esme.bench).wait_supply("disabled")
         press_and_hold(clock, esme, hold_seconds(reference))
     dead_for(bench, analyser, WATCH, measure, "safety.load_current_local_action_on_disabled", requirement="SUP-2")
 
@@ -171,7 +175,7 @@ def test_a_remote_enable_of_a_disabled_supply_arms_it_at_most(bench, esme, dcc, 
     load.draw(amps=LOAD_A)
     with step("remote disable"):
         dcc.disable()
-        esme.wait_supply("disabled")
+        meter(esme.bench).wait_supply("disabled")
         analyser.wait_for(lambda r: r.current < LIVE_A, 30, "load side dead after disable")
     with step("remote enable of a disabled supply", declared=declared):
         was_refused, answer = refused(dcc.enable)
@@ -196,13 +200,15 @@ def test_a_remote_enable_of_a_disabled_supply_arms_it_at_most(bench, esme, dcc, 
 def test_the_paired_ppmid_enables_an_armed_supply_promptly(bench, esme, ppmid, dcc, load, analyser, clock, step,
                                                            measure, settings, reference):
     """The paired PPMID's press-and-hold closes an armed supply within the
-    bound of the end of the hold, confirmed by the analyser; its display
-    mirrors the meter's state (SUP-3)."""
+    bound of the end of the hold (the agent's release of the button),
+    confirmed by the analyser; before the press the PPMID has read the
+    meter's supply status and had it answered (SUP-3: what its display
+    mirrors), as the HAN tap sees on the air."""
     load.draw(amps=LOAD_A)
     for trial in range(settings.safety.trials):
         disable_and_arm(bench, dcc, esme, analyser, step)
-        ppmid.wait_state(lambda s: "armed" in str((s.get("display") or {}).get("supply", "")), 60,
-                         "PPMID shows the supply armed")
+        with step("the PPMID reads the meter's supply status (HAN tap)", trial=trial):
+            wait_ppmid_informed(bench, ppmid.name, esme.name, clock.now())
         with step("PPMID press and hold", trial=trial):
             action = press_and_hold(clock, ppmid, hold_seconds(reference))
         enable_latency(bench, analyser, action, bound(reference), measure, "PPMID", reference, trial=trial)
@@ -221,7 +227,7 @@ def test_a_ppmid_press_without_the_hold_sends_nothing(bench, esme, ppmid, dcc, l
     disable_and_arm(bench, dcc, esme, analyser, step)
     t0 = clock.now()
     with step("PPMID press, no hold"):
-        ppmid.press("enable")
+        press(bench, ppmid.name, "enable")
     dead_for(bench, analyser, WATCH, measure, "safety.load_current_after_ppmid_press", requirement="SUP-7")
     with step("PPMID press, then half the required hold", seconds=reference.hold_time / 2):
         press_and_hold(clock, ppmid, reference.hold_time / 2)
@@ -257,9 +263,10 @@ def test_a_ppmid_enable_does_nothing_unless_armed(bench, esme, ppmid, dcc, load,
     load.draw(amps=LOAD_A)
     with step("remote disable"):
         dcc.disable()
-        esme.wait_supply("disabled")
+        meter(esme.bench).wait_supply("disabled")
     with step("PPMID enable on a disabled supply"):
-        press_and_hold(clock, ppmid, hold_seconds(reference))
+        action = press_and_hold(clock, ppmid, hold_seconds(reference))
+        wait_enable_answered(bench, ppmid.name, esme.name, action.pressed)
     dead_for(bench, analyser, WATCH, measure, "safety.load_current_ppmid_on_disabled", requirement="SUP-2")
 
 
@@ -273,7 +280,6 @@ def test_an_unpaired_ppmid_cannot_enable(bench, esme, dcc, load, analyser, clock
     if not others:
         pytest.skip("the lab has no second PPMID to act as an unpaired one")
     stranger = bench.device(others[0])
-    stranger.wait_online()
     load.draw(amps=LOAD_A)
     disable_and_arm(bench, dcc, esme, analyser, step)
     for trial in range(settings.safety.trials):
@@ -295,9 +301,10 @@ def _replay_trial(bench, esme, ppmid, dcc, analyser, clock, han_tap, step, measu
     the meter then decided) and, armed and while the frame is fresh, closes."""
     with step("remote disable", trial=trial):
         dcc.disable()
-        esme.wait_supply("disabled")
+        meter(esme.bench).wait_supply("disabled")
     with step("genuine PPMID enable, refused: the meter is not armed", trial=trial):
-        press_and_hold(clock, ppmid, hold_seconds(reference))
+        action = press_and_hold(clock, ppmid, hold_seconds(reference))
+        wait_enable_answered(bench, ppmid.name, esme.name, action.pressed)
     if reboot:
         with step("mains off and on: the meter reboots; the tap keeps the PPMID quiet", trial=trial):
             han_tap.delay(ppmid.name, esme.name, 2 * WATCH, within=2 * WATCH)
@@ -305,11 +312,11 @@ def _replay_trial(bench, esme, ppmid, dcc, analyser, clock, han_tap, step, measu
             relay.off()
             relay.wait_switchable()
             relay.on()
-            esme.wait_state(lambda s: s.get("powered"), 30, "meter powered again")
+            meter(bench).wait_answering(30)
     else:
         with step("remote arm", trial=trial):
             dcc.arm()
-            esme.wait_supply("armed")
+            meter(esme.bench).wait_supply("armed")
     with step("the recorded enable replayed", trial=trial):
         out = han_tap.replay(ppmid.name, esme.name, cluster=PREPAYMENT, command=CHANGE_SUPPLY)
     at = float(out.get("at", clock.now()))
@@ -323,7 +330,7 @@ def _replay_trial(bench, esme, ppmid, dcc, analyser, clock, han_tap, step, measu
     if reboot:
         with step("remote arm", trial=trial):
             dcc.arm()
-            esme.wait_supply("armed")
+            meter(esme.bench).wait_supply("armed")
     restore_enabled(esme, clock, reference)
 
 
@@ -391,19 +398,16 @@ def test_a_forged_ppmid_enable_is_not_carried_out(bench, esme, ppmid, dcc, load,
     for trial in range(settings.safety.trials):
         with step("a genuine PPMID frame to copy, on a disabled supply", trial=trial):
             dcc.disable()
-            esme.wait_supply("disabled")
-            press_and_hold(clock, ppmid, hold_seconds(reference))
+            meter(esme.bench).wait_supply("disabled")
+            action = press_and_hold(clock, ppmid, hold_seconds(reference))
+            wait_enable_answered(bench, ppmid.name, esme.name, action.pressed)
         with step("remote arm, then the forged enable", trial=trial):
             dcc.arm()
-            esme.wait_supply("armed")
+            meter(esme.bench).wait_supply("armed")
             han_tap.forge(ppmid.name, esme.name, cluster=PREPAYMENT, command=CHANGE_SUPPLY)
         dead_for(bench, analyser, 2 * WATCH, measure, "safety.load_current_after_forgery", requirement="SUP-4",
                  trial=trial)
         restore_enabled(esme, clock, reference)
-
-
-def _link_up_state(state: dict) -> bool:
-    return any(isinstance(v, dict) and v.get("up") for v in (state.get("han") or {}).values())
 
 
 @pytest.mark.requirement("SUP-4", "SUP-2")
@@ -423,7 +427,7 @@ def test_a_press_made_while_the_han_is_down_is_never_carried_out_later(bench, es
         disable_and_arm(bench, dcc, esme, analyser, step)
         with step("HAN link to the PPMID down", db=top, trial=trial):
             attenuator.set(top)
-            ppmid.wait_state(lambda s: not _link_up_state(s), 120, "PPMID link down")
+            wait_link(bench, ppmid.name, False, 120)
         with step("consumer presses enable, link down", trial=trial):
             press_and_hold(clock, ppmid, hold_seconds(reference))
         with step("consumer walks away", lab_seconds=30.0, trial=trial):
@@ -431,7 +435,7 @@ def test_a_press_made_while_the_han_is_down_is_never_carried_out_later(bench, es
         with step("link restored", trial=trial):
             t_back = clock.now()
             attenuator.set(attenuator.cfg.limits.attenuation_min or 0)
-            ppmid.wait_state(_link_up_state, 120, "PPMID link up")
+            wait_link(bench, ppmid.name, True, 120)
         dead_for(bench, analyser, 30.0, measure, "safety.load_current_after_link_returned", requirement="SUP-4",
                  trial=trial)
         late = ppmid_enables_on_air(han_tap, ppmid.name, t_back)
@@ -455,15 +459,14 @@ def test_a_press_made_during_a_mains_outage_is_never_carried_out_later(bench, es
         disable_and_arm(bench, dcc, esme, analyser, step)
         with step("mains off: the meter is dark", trial=trial):
             mains.relay.wait_switchable()
-            mains.off()
-            esme.wait_state(lambda s: not s.get("powered"), 30, "meter dark")
+            mains.off()          # returns once the agent reports the relay open: the meter has no supply
         with step("consumer presses enable, meter dark", trial=trial):
             press_and_hold(clock, ppmid, hold_seconds(reference))
         with step("mains back", trial=trial):
             mains.relay.wait_switchable()
             mains.on()
             t_back = clock.now()
-            esme.wait_state(lambda s: s.get("powered"), 60, "meter powered again")
+            meter(bench).wait_answering(60)
         dead_for(bench, analyser, UNATTENDED, measure, "safety.load_current_after_mains_returned",
                  requirement="SUP-4", trial=trial)
         late = ppmid_enables_on_air(han_tap, ppmid.name, t_back)
@@ -505,14 +508,14 @@ def test_enable_at_the_edge_of_the_link_is_prompt_or_not_at_all(bench, esme, ppm
             # not promptly: then never, not even once the link is good again
             with step("link restored; watching for a late enable", trial=trial):
                 attenuator.set(floor)
-                ppmid.wait_state(_link_up_state, 120, "PPMID link back")
+                wait_link(bench, ppmid.name, True, 120)
                 reading = wait_live(analyser, 30.0)
                 if reading is not None:
                     late += 1
                     measure("safety.late_enable", round(reading.ts - action.released, 3), "s", high=limit,
                             requirement="SUP-4", db=db, trial=trial, observed_by=[analyser_name(bench), "rig"])
         attenuator.set(floor)
-        ppmid.wait_state(_link_up_state, 120, "PPMID link back")
+        wait_link(bench, ppmid.name, True, 120)
         restore_enabled(esme, clock, reference)
     measure("safety.edge_enables_prompt", prompt, "trials", requirement="SUP-4", edge_db=edge, of=trials,
             observed_by=analyser_name(bench))
@@ -527,20 +530,20 @@ def _link_edge(bench, ppmid, attenuator, step) -> float:
     bands fail).  Coarse 4 dB steps, then 1 dB."""
     top = attenuator.cfg.limits.attenuation_max or 95.0
     floor = attenuator.cfg.limits.attenuation_min or 0.0
-    bands = list(((ppmid.state or {}).get("han") or {}).keys()) or [None]
+    its_bands = bands(bench, ppmid.name)
 
     def lossy(db: float) -> bool:
         attenuator.set(db)
-        return all(bench.comms_hub.link_test(ppmid.name, band, frames=20)["per"] >= 0.5 for band in bands)
+        return all(link_test(bench, ppmid.name, band, frames=20)["per"] >= 0.5 for band in its_bands)
 
-    with step("find the link edge", bands=bands):
+    with step("find the link edge", bands=its_bands):
         db = floor
         while db + 4.0 <= top and not lossy(db + 4.0):
             db += 4.0
         while db + 1.0 <= top and not lossy(db + 1.0):
             db += 1.0
         attenuator.set(floor)
-        ppmid.wait_state(_link_up_state, 120, "PPMID link back")
+        wait_link(bench, ppmid.name, True, 120)
     return db + 1.0
 
 
@@ -605,7 +608,7 @@ def test_one_party_cannot_lift_anothers_disablement(bench, esme, dcc, load, anal
     for first, second in (("supplier", "dno"), ("dno", "supplier")):
         with step(f"{first} disables, then {second}"):
             dcc.disable(role=first)
-            esme.wait_supply("disabled")
+            meter(esme.bench).wait_supply("disabled")
             dcc.disable(role=second)
         for op in ("arm", "enable"):
             with step(f"{second} {op}s"):
@@ -621,7 +624,7 @@ def test_one_party_cannot_lift_anothers_disablement(bench, esme, dcc, load, anal
                     observed_by="dcc")
             if outcome == "armed":
                 press_and_hold(clock, esme, hold_seconds(reference))
-            esme.wait_supply("enabled")
+            meter(esme.bench).wait_supply("enabled")
 
 
 @pytest.mark.requirement("SUP-10", "SEC-1", "SEC-2")
@@ -654,22 +657,32 @@ def test_commands_for_another_premises_forged_or_unauthorised_are_refused(bench,
 # ----------------------------------------------------------------------------- prepayment (SUP-3, SUP-5, SUP-8)
 @pytest.mark.requirement("SUP-5")
 @pytest.mark.detects("utrn_reuse")
-def test_a_utrn_is_accepted_once(esme, ppmid, dcc, step, measure):
-    """SUP-5: a top-up code works once; the second use is rejected and the
-    credit (read remotely) does not move again."""
+def test_a_utrn_is_accepted_once(bench, esme, ppmid, dcc, clock, step, measure):
+    """SUP-5: a top-up code works once: typed on the PPMID's keypad it adds
+    its credit; typed again (on the meter's keypad where the rig has one,
+    else the PPMID's) it adds nothing.  The credit is read remotely before
+    and after each use; the meter's answer to each (credit added locally, or
+    a UTRN refusal) at the supplier's inbox says when to read."""
+    first_pad = keypad(bench, ppmid.name, esme.name)
+    second_pad = keypad(bench, esme.name, ppmid.name)
+    if first_pad is None:
+        pytest.skip(f"bench {bench.name} has no actuators on a keypad (lab.yaml actuators): no UTRN can be typed")
     code = dcc.issue_utrn(5.0)
-    before = dcc.read(what="prepayment")["credit"]
-    with step("UTRN entered on the PPMID"):
-        first = ppmid.enter_utrn(code)
-    with step("same UTRN entered on the meter"):
-        second = esme.enter_utrn(code)
-    after = dcc.read(what="prepayment")["credit"]
-    measure("prepayment.first_use_accepted", bool(first.get("accepted")), equals=True, requirement="SUP-5",
-            observed_by="ppmid display")
+    credit = [dcc.read(what="prepayment")["credit"]]
+    for use, pad in (("first", first_pad), ("second", second_pad)):
+        with step(f"UTRN typed on the {pad}'s keypad", use=use):
+            t0 = clock.now()
+            enter_code(bench, pad, code)
+            first_alert(bench, dcc, t0, clock.now() + 30.0, lambda a: a.get("device") == esme.name and a.get("code")
+                        in ("0x810E", "0x8F51", "0x8F63", "0x8F64"), inbox="supplier")
+            credit.append(dcc.read(what="prepayment")["credit"])
+    before, after_first, after = credit
+    measure("prepayment.first_use_accepted", abs(after_first - before - 5.0) < 0.01, equals=True,
+            requirement="SUP-5", keypad=first_pad, observed_by="dcc", note="credit read over the WAN around the use")
     measure("prepayment.credit_added", round(after - before, 2), "GBP", low=4.99, high=5.01, requirement="SUP-5",
             observed_by="dcc", note="credit read over the WAN before and after both uses")
-    measure("prepayment.second_use_rejected", not second.get("accepted"), equals=True, requirement="SUP-5",
-            observed_by="meter keypad answer")
+    measure("prepayment.second_use_rejected", abs(after - after_first) < 0.01, equals=True, requirement="SUP-5",
+            keypad=second_pad, observed_by="dcc", note="credit read over the WAN around the second use")
 
 
 @pytest.mark.requirement("SUP-3", "SUP-8", "SUP-2")
@@ -688,16 +701,16 @@ def test_credit_restored_arms_and_only_a_local_action_enables(bench, esme, ppmid
         credit = dcc.read(what="prepayment")["credit"]
         with step("supplier adjusts credit to nothing", path=path):
             dcc.add_credit(-credit - (0.0 if path == "emergency credit" else 10.0))
-            esme.wait_supply("disabled")
+            meter(esme.bench).wait_supply("disabled")
             if path.endswith("too"):
                 dcc.disable()
         dead_for(bench, analyser, WATCH, measure, "safety.load_current_credit_exhausted", requirement="SUP-3",
                  path=path)
         with step(path):
             if path == "emergency credit":
-                ppmid.emergency_credit()
+                press(bench, ppmid.name, "emergency_credit")
             else:
-                ppmid.enter_utrn(dcc.issue_utrn(20.0))
+                enter_code(bench, ppmid.name, dcc.issue_utrn(20.0))
         dead_for(bench, analyser, 2 * WATCH, measure, "safety.load_current_after_credit_restored",
                  requirement="SUP-8", path=path)
         if path.endswith("too"):
@@ -705,7 +718,7 @@ def test_credit_restored_arms_and_only_a_local_action_enables(bench, esme, ppmid
                     path=path, observed_by="dcc", note="the supplier's disablement outlives the credit's")
             with step("supplier arms", path=path):
                 dcc.arm()
-                esme.wait_supply("armed")
+                meter(esme.bench).wait_supply("armed")
         else:
             code = "0x8168" if path == "emergency credit" else "0x8F32"
             alert = first_alert(bench, dcc, t_path, clock.now() + 10.0,
@@ -754,9 +767,9 @@ def test_load_limit_interrupts_then_restores_only_what_it_armed(bench, esme, dcc
             load.draw(amps=10.0)
             analyser.wait_for(lambda r: r.current < LIVE_A, 4 * period, "load limit trips again")
             dcc.disable()
-            esme.wait_supply("disabled")
+            meter(esme.bench).wait_supply("disabled")
             dcc.arm()
-            esme.wait_supply("armed")
+            meter(esme.bench).wait_supply("armed")
             load.draw(amps=1.0)
         dead_for(bench, analyser, period * 1.5 + 5, measure, "safety.load_current_after_restoration_period",
                  requirement="SUP-9", note="armed by the supplier since the trip: waits for a person")
