@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 from rig.broker import Broker  # noqa: E402
 from rig.clock import LabClock  # noqa: E402
 from rig.config import BrokerConfig, load_lab  # noqa: E402
-from rig.sim.han import EventLoop, HanMedium, HanRadio  # noqa: E402
-from rig.sim import zcl  # noqa: E402
+from rig.sim.event_loop import EventLoop  # noqa: E402
+from rig.sim.han import HanMedium, HanRadio  # noqa: E402
+from rig.protocol import zcl  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 

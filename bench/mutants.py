@@ -48,8 +48,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = ROOT / "rig" / "suites"
 EQUIVALENT = Path(__file__).resolve().parent / "mutants_equivalent.yaml"
-#: the import packages copied with each mutant (first on PYTHONPATH, so the lab's processes run them)
-PACKAGES = ("rig", "instruments", "fixtures")
+#: the import packages copied with each mutant (first on PYTHONPATH, so the lab's processes run them):
+#: import name -> source folder (the pytest plugin's folder is fixtures/, its import name rig_fixtures)
+PACKAGES = {"rig": "rig", "instruments": "instruments", "rig_fixtures": "fixtures"}
 
 #: the code under mutation: file -> the functions (None: the whole module)
 TARGETS: dict[str, set[str] | None] = {
@@ -357,8 +358,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="rig-mutants-"))
     # one snapshot of the packages (the rig, its instruments and its pytest plugin): every mutant is one edit of
     # the same code, even if the tree changes meanwhile
-    for package in PACKAGES:
-        shutil.copytree(ROOT / package, work / "base" / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for package, folder in PACKAGES.items():
+        shutil.copytree(ROOT / folder, work / "base" / package, ignore=shutil.ignore_patterns("__pycache__"))
     for m in chosen:
         if (ROOT / m.file).read_text() != (work / "base" / m.file).read_text():
             print(f"{m.file} changed while the mutants were being made: run again")

@@ -11,11 +11,12 @@ scpi-pps profile for the 61604.  Check the PULSE-mode syntax against your
 unit's manual when you first connect a real source: models differ in which
 transient modes they have.
 
-Safe state: output off.  Voltage and frequency are checked against the
-source's rating (0-300 V, 15-1000 Hz) and lab.yaml ``limits:``
-(``voltage_max``, ``frequency_min``, ``frequency_max``) before anything is
-sent; at open the source's own voltage limit (``:SOUR:VOLT:LIM:AC``) is set
-to ``voltage_max`` as a second line.
+Safe state: output off.  Voltage and frequency are declared settings
+(:mod:`instruments.settings`): checked against the source's rating
+(0-300 V, 15-1000 Hz) and lab.yaml ``limits:`` (``voltage_max``,
+``frequency_min``, ``frequency_max``) before anything is sent, then read
+back; at open the source's own voltage limit (``:SOUR:VOLT:LIM:AC``) is
+set to ``voltage_max`` as a second line.
 
 Example::
 
@@ -31,6 +32,7 @@ from typing import Any
 
 from .errors import LimitError
 from .limits import Range
+from .settings import Setting
 from .visa import VisaInstrument
 
 
@@ -38,55 +40,51 @@ class Chroma61500(VisaInstrument):
     """Chroma 61500/61600-series programmable AC source."""
 
     model = "Chroma 61500"
-    VOLTAGE_RATING = (0.0, 300.0)
-    FREQUENCY_RATING = (15.0, 1000.0)
+    voltage = Setting("voltage", "V", get=":SOUR:VOLT:AC?", set=":SOUR:VOLT:AC {:.1f}", rating=(0.0, 300.0),
+                      high="voltage_max", resolution=0.1, doc="output voltage, V rms")
+    frequency = Setting("frequency", "Hz", get=":SOUR:FREQ?", set=":SOUR:FREQ {:.2f}", rating=(15.0, 1000.0),
+                        low="frequency_min", high="frequency_max", resolution=0.01, doc="output frequency")
+    #: the source's own voltage limit (a second line behind the driver's check), set at open
+    voltage_limit = Setting("voltage limit", "V", get=":SOUR:VOLT:LIM:AC?", set=":SOUR:VOLT:LIM:AC {:.1f}",
+                            rating=(0.0, 300.0), resolution=0.1)
+    output_on = Setting("output", get=":OUTP?", set=":OUTP {}", values={True: "ON", False: "OFF"})
     #: the PULSE mode's period range, seconds
     DIP_DURATION = (0.0001, 99.9999)
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        lim = self.limits
-        self.voltage_range = Range.of("voltage", "V", self.VOLTAGE_RATING, self.model,
-                                      high=(lim.voltage_max, "voltage_max"))
-        self.frequency_range = Range.of("frequency", "Hz", self.FREQUENCY_RATING, self.model,
-                                        low=(lim.frequency_min, "frequency_min"),
-                                        high=(lim.frequency_max, "frequency_max"))
         self.dip_range = Range.of("dip duration", "s", self.DIP_DURATION, f"{self.model} PULSE mode")
         self._output: bool | None = None     # last confirmed output state
 
     def configure(self) -> None:
         """The source's own voltage limit, from lab.yaml ``voltage_max``."""
-        if self.limits.voltage_max is not None:
-            self.write(f":SOUR:VOLT:LIM:AC {self.limits.voltage_max:.1f}")
+        voltage_max = self.limits.get("voltage_max")
+        if voltage_max is not None:
+            Chroma61500.voltage_limit.write(self, voltage_max)
 
     # ------------------------------------------------------------------ setpoints
     def set(self, voltage: float | None = None, frequency: float | None = None) -> dict[str, float]:
         """Program voltage (V rms) and/or frequency (Hz); both are checked
         before either is sent, and both are read back."""
-        v = self.voltage_range.check(self.name, voltage) if voltage is not None else None
-        f = self.frequency_range.check(self.name, frequency) if frequency is not None else None
-        if v is not None:
-            self.write(f":SOUR:VOLT:AC {v:.1f}")
-            self.confirm("voltage", round(v, 1), self.query_float(":SOUR:VOLT:AC?"))
-        if f is not None:
-            self.write(f":SOUR:FREQ {f:.2f}")
-            self.confirm("frequency", round(f, 2), self.query_float(":SOUR:FREQ?"))
+        chosen = [(s, s.check(self, value)) for s, value in ((Chroma61500.voltage, voltage),
+                                                              (Chroma61500.frequency, frequency)) if value is not None]
+        for setting, value in chosen:
+            setting.write(self, value)
+            setting.confirm(self, value)
         return self.setpoints()
 
     def setpoints(self) -> dict[str, float]:
-        return {"voltage": self.query_float(":SOUR:VOLT:AC?"), "frequency": self.query_float(":SOUR:FREQ?")}
+        return {"voltage": self.voltage, "frequency": self.frequency}
 
     # ------------------------------------------------------------------ output
     @property
     def is_on(self) -> bool:
-        return self.query_bool(":OUTP?")
+        return bool(self.output_on)
 
     def output(self, on: bool) -> bool:
         """Switch the output and confirm it from the source; returns the state."""
         self._output = None            # unknown until confirmed
-        self.write(":OUTP ON" if on else ":OUTP OFF")
-        state = self.is_on
-        self.confirm("output", on, state)
+        state = bool(Chroma61500.output_on.apply(self, bool(on)))
         self._output = state
         return state
 
@@ -114,7 +112,7 @@ class Chroma61500(VisaInstrument):
         seconds = self.dip_range.check(self.name, duration)
         if not self.is_on:
             raise LimitError(self.name, "a dip needs the output on")
-        level = self.query_float(":SOUR:VOLT:AC?") * (1.0 - float(depth))
+        level = self.voltage * (1.0 - float(depth))
         for command in (f":PULS:VOLT:AC {level:.1f}", f":PULS:PER {seconds * 1000:.1f}", ":PULS:DCYC 100",
                         ":PULS:COUN 1", ":OUTP:MODE PULSE", ":TRIG ON"):
             self.write(command)

@@ -3,7 +3,8 @@
 An attenuator stands for the walls and distance between two devices: its
 setting enters the link budget of the RF path it sits in (lab.yaml
 ``rf_paths``).  Both drivers share the lab verbs (``set(db)``, ``db``) and
-the checks made before anything is sent: the range (the tighter of the
+the checks made before anything is sent, from their declared ``attenuation``
+setting (:mod:`instruments.settings`): the range (the tighter of the
 model's rating and lab.yaml ``attenuation_min``/``attenuation_max``) and the
 largest single step (``step_max``).  A requested value is rounded to the
 model's step (0.25 dB, 1 dB) and the read-back must equal it.
@@ -33,35 +34,25 @@ Example::
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import Any
 
-from .errors import InstrumentError, LimitError
+from .errors import InstrumentError
 from .limits import Range
+from .settings import Setting
 from .visa import VisaInstrument
 
 
 class Attenuator(VisaInstrument):
     """What every programmable attenuator driver shares."""
 
-    #: the model's step, dB
-    RESOLUTION: ClassVar[float] = 1.0
-    #: the model's rating, dB (None: read from the instrument)
-    RATING: ClassVar[tuple[float, float] | None] = None
+    #: the model's attenuation: its step (resolution) and rating (None: read from the instrument)
+    attenuation = Setting("attenuation", "dB", rating=(0.0, None), low="attenuation_min", high="attenuation_max",
+                          step="step_max", resolution=1.0, zero_limit=True)
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.range = self._range(self.RATING)
-
-    def _range(self, rating: tuple[float, float] | None) -> Range:
-        lim = self.limits
-        return Range.of("attenuation", "dB", rating or (0.0, None), self.model,
-                        low=(lim.attenuation_min, "attenuation_min"), high=(lim.attenuation_max, "attenuation_max"))
-
-    def quantise(self, db: float) -> float:
-        try:
-            return round(round(float(db) / self.RESOLUTION) * self.RESOLUTION, 4)
-        except (TypeError, ValueError):
-            raise LimitError(self.name, f"attenuation must be a number of dB, got {db!r}") from None
+    @property
+    def range(self) -> Range:
+        """The attenuation this attenuator accepts (rating and lab.yaml limits)."""
+        return self.setting("attenuation").range(self)
 
     @property
     def db(self) -> float:
@@ -71,12 +62,10 @@ class Attenuator(VisaInstrument):
     def set(self, db: float) -> float:
         """Set the attenuation (dB), checked for range and step first;
         returns the read-back."""
-        target = self.range.check(self.name, self.quantise(db))
+        setting = self.setting("attenuation")
+        target = setting.check(self, db)
         now = self.db
-        step_max = self.limits.step_max
-        if step_max is not None and abs(target - now) > step_max + 1e-9:
-            raise LimitError(self.name, f"a step from {now:g} to {target:g} dB is {abs(target - now):g} dB, "
-                                        f"larger than {step_max:g} dB (lab.yaml limits.step_max)")
+        setting.check_step(self, now, target)
         self._apply(target, now)
         got = self.db
         self.confirm("attenuation", target, got)
@@ -90,8 +79,18 @@ class MiniCircuitsRCDAT(Attenuator):
     """Mini-Circuits RCDAT-series programmable attenuator over Telnet."""
 
     model = "Mini-Circuits RCDAT"
-    RESOLUTION = 0.25
+    attenuation = Setting("attenuation", "dB", get=":ATT?", rating=(0.0, None), low="attenuation_min",
+                          high="attenuation_max", step="step_max", resolution=0.25, zero_limit=True)
     write_termination = "\r\n"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._model_max: float | None = None     # the maximum attenuation its model name gives
+
+    def rating_of(self, setting: Setting) -> tuple[float | None, float | None]:
+        if setting is MiniCircuitsRCDAT.attenuation and self._model_max is not None:
+            return (0.0, self._model_max)
+        return setting.rating
 
     def identify(self) -> str:
         model = self._field(":MN?", "MN")
@@ -110,11 +109,11 @@ class MiniCircuitsRCDAT(Attenuator):
         m = re.search(r"-(\d+(?:\.\d+)?)$", model)
         if m:
             self.model = f"Mini-Circuits {model}"
-            self.range = self._range((0.0, float(m.group(1))))
+            self._model_max = float(m.group(1))
 
     @property
     def db(self) -> float:
-        return self.query_float(":ATT?")
+        return float(MiniCircuitsRCDAT.attenuation.read(self))
 
     def _apply(self, target: float, now: float) -> None:
         answer = self.query(f":SETATT={target:.2f}")
@@ -127,9 +126,10 @@ class Keysight11713(Attenuator):
     """Keysight 11713B/C driving an 8494 (X, 0-11 dB) and an 8495 (Y, 0-70 dB)."""
 
     model = "Keysight 11713 with 8494/8495"
-    RESOLUTION = 1.0
+    #: the two sections of bank 1: X an 8494 (0-11 dB, 1 dB steps), Y an 8495 (0-70 dB, 10 dB steps)
     X_MAX, Y_MAX, Y_STEP = 11, 70, 10
-    RATING = (0.0, float(X_MAX + Y_MAX))
+    attenuation = Setting("attenuation", "dB", rating=(0.0, float(X_MAX + Y_MAX)), low="attenuation_min",
+                          high="attenuation_max", step="step_max", resolution=1.0, zero_limit=True)
 
     def sections(self) -> tuple[int, int]:
         """The (X, Y) settings now, read back, dB."""

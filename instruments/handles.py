@@ -23,14 +23,12 @@ a real bench.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rig.bench_port import BenchPort
 from rig.config import UnknownPart
-
-if TYPE_CHECKING:  # pragma: no cover
-    from rig.lab import Bench
 
 
 @dataclass(frozen=True)
@@ -46,9 +44,10 @@ class Reading:
 
 
 class InstrumentHandle:
-    """Any instrument of the bench: its retained state and its operations."""
+    """Any instrument of the bench: its retained state and its operations.
+    A kind's handle class is named by its declaration (rig/parts.py)."""
 
-    def __init__(self, bench: "Bench", name: str):
+    def __init__(self, bench: BenchPort, name: str):
         if name not in bench.cfg.instruments:
             raise UnknownPart(f"bench {bench.name} has no instrument '{name}'; instruments: "
                               f"{', '.join(bench.cfg.instruments) or 'none'}")
@@ -157,7 +156,7 @@ class AnalyserHandle(InstrumentHandle):
             return reading if predicate(reading) else None
 
         found = self.bench.clock.wait_for(check, timeout, poll=self.bench.clock.lab_seconds(0.005))
-        if not found:
+        if not isinstance(found, Reading):
             raise TimeoutError(f"{self.bench.name}/{self.name}: {what or 'reading condition'} not met within "
                                f"{timeout:g} lab s; last reading {last[0] if last else None}")
         return found
@@ -182,110 +181,3 @@ class OpticalProbeHandle(InstrumentHandle):
         """The meter's identification and registers: ``{"identification",
         "baud", "registers": {"1.8.0": {"value", "unit"}, ...}}``."""
         return self.request("read")
-
-
-HANDLES: dict[str, type[InstrumentHandle]] = {
-    "ac_source": AcSourceHandle,
-    "load_bank": LoadHandle,
-    "power_analyser": AnalyserHandle,
-    "attenuator": AttenuatorHandle,
-    "optical_probe": OpticalProbeHandle,
-}
-
-
-class MainsHandle:
-    """The bench's mains as the wiring makes it: AC source, then mains relay.
-
-    ``on()`` switches the AC source output on and closes the mains relay;
-    ``off()`` opens the relay (the source stays on, as a grid would)."""
-
-    def __init__(self, bench: "Bench"):
-        w = bench.cfg.wiring
-        if w.mains_relay is None and w.supply is None:
-            raise UnknownPart(f"bench {bench.name} has no mains: wiring names neither a mains_relay nor a supply")
-        self.bench, self.relay_name, self.supply_name = bench, w.mains_relay, w.supply
-
-    @property
-    def relay(self):
-        return self.bench.relay(self.relay_name) if self.relay_name else None
-
-    @property
-    def supply(self) -> AcSourceHandle | None:
-        return instrument(self.bench, self.supply_name) if self.supply_name else None
-
-    def on(self) -> None:
-        if self.supply is not None:
-            self.supply.on()
-        if self.relay is not None:
-            self.relay.on()
-
-    def off(self) -> None:
-        if self.relay is not None:
-            self.relay.off()
-        else:
-            self.supply.off()
-
-    @property
-    def is_on(self) -> bool:
-        relay_on = self.relay.is_on if self.relay is not None else True
-        return relay_on and (self.supply.is_on if self.supply is not None else True)
-
-    def __repr__(self) -> str:
-        return f"<mains {self.bench.name}: relay {self.relay_name}, supply {self.supply_name}>"
-
-
-class Attenuators(Mapping[str, AttenuatorHandle]):
-    """``bench.attenuators["attenuator_ppmid"]``: every attenuator of the bench."""
-
-    def __init__(self, bench: "Bench"):
-        self.bench = bench
-        self.names = [n for n, i in bench.cfg.instruments.items() if i.kind == "attenuator"]
-
-    def __getitem__(self, name: str) -> AttenuatorHandle:
-        if name not in self.names:
-            raise UnknownPart(f"bench {self.bench.name} has no attenuator '{name}'; attenuators: "
-                              f"{', '.join(self.names) or 'none'}")
-        return instrument(self.bench, name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-# ---------------------------------------------------------------------------- bench members
-def instrument(bench: "Bench", name: str) -> Any:
-    """``bench.instrument(name)``: the handle for any instrument of the bench."""
-    cfg = bench.cfg.instruments.get(name)
-    cls = HANDLES[cfg.kind] if cfg is not None else InstrumentHandle
-    return bench.handle(("instrument", name), lambda: cls(bench, name))
-
-
-def _of_kind(bench: "Bench", kind: str, wired: str | None = None) -> Any:
-    if wired is not None:
-        return instrument(bench, wired)
-    names = [n for n, i in bench.cfg.instruments.items() if i.kind == kind]
-    if len(names) != 1:
-        raise UnknownPart(f"bench {bench.name} has {len(names)} {kind} instruments ({', '.join(names) or 'none'}); "
-                          f"name one with bench.instrument(name)")
-    return instrument(bench, names[0])
-
-
-def attenuator(bench: "Bench", name: str | None = None) -> AttenuatorHandle:
-    """``bench.attenuator("attenuator_ppmid")`` (the name may be left out on
-    a bench with one attenuator)."""
-    return Attenuators(bench)[name] if name is not None else _of_kind(bench, "attenuator")
-
-
-mains = property(lambda bench: bench.handle(("mains", ""), lambda: MainsHandle(bench)),
-                 doc="The bench's mains: AC source and mains relay (MainsHandle).")
-ac_source = property(lambda bench: _of_kind(bench, "ac_source", bench.cfg.wiring.supply),
-                     doc="The AC source feeding the bench (the wiring's supply).")
-load = property(lambda bench: _of_kind(bench, "load_bank", bench.cfg.wiring.load),
-                doc="The load bank on the meter's load side (the wiring's load).")
-analyser = property(lambda bench: _of_kind(bench, "power_analyser", bench.cfg.wiring.analyser),
-                    doc="The power analyser on the load side (the wiring's analyser).")
-optical = property(lambda bench: _of_kind(bench, "optical_probe"),
-                   doc="The optical probe on the meter.")
-attenuators = property(lambda bench: Attenuators(bench), doc="Every attenuator of the bench, by name.")

@@ -7,9 +7,10 @@ Programming Manual, chapter "Command Syntax": MODE (``MODE CC|CP``,
 (``MEAS:VOLT?``, ``MEAS:CURR?``, ``MEAS:POW?``), in their short forms.
 
 Safe state: load off (``LOAD OFF``).  The current setpoint (constant
-current mode) and the power setpoint (constant power mode) are checked
-against lab.yaml ``limits.current_max`` / ``limits.power_max`` before
-anything is sent; a load bank without ``current_max`` in lab.yaml is not
+current mode) and the power setpoint (constant power mode) are declared
+settings (:mod:`instruments.settings`), checked against lab.yaml
+``limits.current_max`` / ``limits.power_max`` before anything is sent and
+read back after; a load bank without ``current_max`` in lab.yaml is not
 driven at all (LAB-2 needs the limit).
 
 Example::
@@ -25,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import InstrumentError, LimitError
-from .limits import Range
+from .settings import Setting
 from .visa import VisaInstrument
 
 MODES = {"current": "CC", "power": "CP"}
@@ -35,49 +36,49 @@ class Chroma63800(VisaInstrument):
     """Chroma 63800-series AC/DC electronic load."""
 
     model = "Chroma 63800"
+    mode = Setting("mode", get="MODE?", set="MODE {}", values=MODES, doc="constant current (CC) or power (CP)")
+    current = Setting("current", "A", get="CURR?", set="CURR {:.3f}", rating=(0.0, None), high="current_max",
+                      resolution=0.001, doc="constant-current setpoint, A rms")
+    power = Setting("power", "W", get="POW?", set="POW {:.3f}", rating=(0.0, None), high="power_max",
+                    resolution=0.001, doc="constant-power setpoint")
+    load_on = Setting("load", get="LOAD?", set="LOAD {}", values={True: "ON", False: "OFF"})
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        lim = self.limits
-        if lim.current_max is None:
+        if self.limits.get("current_max") is None:
             raise LimitError(self.name, "a load bank needs limits.current_max in lab.yaml (LAB-2 current limit)")
-        self.current_range = Range.of("current", "A", (0.0, None), self.model, high=(lim.current_max, "current_max"))
-        self.power_range = Range.of("power", "W", (0.0, None), self.model, high=(lim.power_max, "power_max"))
         self._on: bool | None = None         # last confirmed load state
 
     # ------------------------------------------------------------------ setpoints
     def set(self, amps: float | None = None, watts: float | None = None) -> dict[str, Any]:
-        """Constant current (``amps``, A rms) or constant power (``watts``)."""
+        """Constant current (``amps``, A rms) or constant power (``watts``):
+        the mode and the setpoint are sent, then both are read back."""
         if (amps is None) == (watts is None):
             raise LimitError(self.name, "give exactly one of amps= or watts=")
-        if amps is not None:
-            mode, value, header = "current", self.current_range.check(self.name, amps), "CURR"
-        else:
-            mode, value, header = "power", self.power_range.check(self.name, watts), "POW"
-        self.write(f"MODE {MODES[mode]}")
-        self.write(f"{header} {value:.3f}")
-        self.confirm("mode", MODES[mode], self.query("MODE?").upper())
-        self.confirm(mode, round(value, 3), self.query_float(f"{header}?"))
+        mode, setting, value = ("current", Chroma63800.current, amps) if amps is not None else \
+            ("power", Chroma63800.power, watts)
+        value = setting.check(self, value)
+        Chroma63800.mode.write(self, mode)
+        setting.write(self, value)
+        Chroma63800.mode.confirm(self, mode)
+        setting.confirm(self, value)
         return {"mode": mode, "setpoint": value}
 
     def setpoint(self) -> dict[str, Any]:
-        code = self.query("MODE?").upper()
-        mode = next((m for m, c in MODES.items() if c == code), None)
-        if mode is None:
-            raise InstrumentError(self.name, self.address, f"in mode {code}, which this driver does not use")
-        return {"mode": mode, "setpoint": self.query_float("CURR?" if mode == "current" else "POW?")}
+        mode = self.mode
+        if mode not in MODES:
+            raise InstrumentError(self.name, self.address, f"in mode {mode}, which this driver does not use")
+        return {"mode": mode, "setpoint": self.current if mode == "current" else self.power}
 
     # ------------------------------------------------------------------ load on/off
     @property
     def is_on(self) -> bool:
-        return self.query_bool("LOAD?")
+        return bool(self.load_on)
 
     def load(self, on: bool) -> bool:
         """Switch the load and confirm it from the instrument."""
         self._on = None                # unknown until confirmed
-        self.write("LOAD ON" if on else "LOAD OFF")
-        state = self.is_on
-        self.confirm("load", on, state)
+        state = bool(Chroma63800.load_on.apply(self, bool(on)))
         self._on = state
         return state
 

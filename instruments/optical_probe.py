@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from rig.config import InstrumentLimits
 
@@ -54,7 +55,7 @@ def bcc(data: bytes) -> int:
     return out
 
 
-def data_message(lines: list[tuple[str, "str | list[str] | tuple[str, ...]"]]) -> bytes:
+def data_message(lines: "Sequence[tuple[str, str | list[str] | tuple[str, ...]]]") -> bytes:
     """``STX <lines> ! CR LF ETX BCC`` for ``[(address, "value*unit"), ...]``;
     a line of several values (a logbook entry) gives them as a list."""
     def line(address: str, value: "str | list[str] | tuple[str, ...]") -> str:
@@ -156,7 +157,7 @@ def parse_lines(text: str) -> list[tuple[str, list[str]]]:
 class OpticalProbe:
     """An IEC 62056-21 optical probe (mode C, data readout) over pyserial."""
 
-    model: ClassVar[str] = "IEC 62056-21 optical probe"
+    model = "IEC 62056-21 optical probe"
 
     def __init__(self, name: str, address: str, timeout: float = 2.0, limits: InstrumentLimits | None = None,
                  device_address: str = ""):
@@ -164,7 +165,7 @@ class OpticalProbe:
         self.limits = limits or InstrumentLimits()
         self.device_address = device_address
         self.identity: str | None = None
-        self._port = None
+        self._port: Any = None        # a pyserial port while open
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ port

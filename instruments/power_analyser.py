@@ -78,4 +78,5 @@ class YokogawaWT310(VisaInstrument):
                 values[name] = float(text)
             except ValueError:
                 raise InstrumentError(self.name, self.address, f"{name} reads {text!r}, not a number") from None
-        return Measurement(**values)
+        frequency = values.pop("frequency")
+        return Measurement(**{k: float(v) for k, v in values.items() if v is not None}, frequency=frequency)

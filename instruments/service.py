@@ -50,19 +50,17 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rig import parts
 from rig.bus import CommandContext, Refused
-from rig.config import InstrumentConfig
+from rig.config import MAINS_VOLTAGE, InstrumentConfig
 from rig.contract import Node
 
-from . import driver_class
 from .address import resolve
 from .errors import InstrumentError, InstrumentTimeout, LimitError
 from .optical_probe import LOGBOOK
 
 log = logging.getLogger(__name__)
 
-#: the supply voltage assumed for a grid-fed bench (no AC source), V
-GRID_VOLTAGE = 230.0
 
 
 class Args(BaseModel):
@@ -105,9 +103,9 @@ def refuse(reason: str) -> Refused:
 
 
 class InstrumentService:
-    """One instrument of the bench, served on the bus: an agent output."""
+    """One instrument of the bench, served on the bus: an agent output.  A
+    kind's service is named by its declaration (rig/parts.py)."""
 
-    kind: ClassVar[str] = ""
     #: whether the instrument drives anything that has a safe state (a source,
     #: a load); a measuring instrument has none, so making the bench safe never
     #: waits on its I/O
@@ -237,15 +235,15 @@ class InstrumentService:
 
 # ---------------------------------------------------------------------------- kinds
 class AcSourceService(InstrumentService):
-    kind = "ac_source"
     energises = True
 
     def ops(self) -> dict[str, Op]:
-        return super().ops() | {
+        own: dict[str, Op] = {
             "set": (self._set, AcSetArgs),
             "output": (lambda a, c: self._set(AcSetArgs(output=a.state), c), OnOff),
             "dip": (self._dip, DipArgs),
         }
+        return super().ops() | own
 
     def safe_ops(self) -> dict[str, Any]:
         return super().safe_ops() | {
@@ -267,7 +265,7 @@ class AcSourceService(InstrumentService):
             for load in self.loads_needing_supply():
                 load.force_safe(f"AC source {self.name} output going off (requires_supply)")
         if args.voltage is not None:
-            self.driver.voltage_range.check(self.name, args.voltage)
+            self.driver.check("voltage", args.voltage)
             for load in self.loads():
                 load.check_draw_at(args.voltage)
         if args.voltage is not None or args.frequency is not None:
@@ -288,7 +286,6 @@ class AcSourceService(InstrumentService):
 
 
 class LoadBankService(InstrumentService):
-    kind = "load_bank"
     energises = True
 
     def ops(self) -> dict[str, Op]:
@@ -323,14 +320,14 @@ class LoadBankService(InstrumentService):
 
     def _supply_voltage(self) -> float:
         supply = self.supply()
-        return supply.driver.setpoints()["voltage"] if supply is not None else GRID_VOLTAGE
+        return supply.driver.setpoints()["voltage"] if supply is not None else MAINS_VOLTAGE   # a grid-fed bench
 
     def _check_setpoint(self, amps: float | None, watts: float | None, voltage: float) -> None:
         """The driver's own ranges first, then current x voltage against the other limit."""
         if amps is not None:
-            self.driver.current_range.check(self.name, amps)
+            self.driver.check("current", amps)
         if watts is not None:
-            self.driver.power_range.check(self.name, watts)
+            self.driver.check("power", watts)
         lim = self.cfg.limits
         if amps is not None and lim.power_max is not None and amps * voltage > lim.power_max:
             raise refuse(f"load {self.name}: {amps:g} A at {voltage:g} V is {amps * voltage:g} W, above "
@@ -394,7 +391,6 @@ class LoadBankService(InstrumentService):
 
 
 class AnalyserService(InstrumentService):
-    kind = "power_analyser"
 
     def ops(self) -> dict[str, Op]:
         return super().ops() | {"read": (lambda _a, _c: self.refresh(), None)}
@@ -406,7 +402,6 @@ class AnalyserService(InstrumentService):
 
 
 class AttenuatorService(InstrumentService):
-    kind = "attenuator"
 
     def ops(self) -> dict[str, Op]:
         return super().ops() | {"set": (self._set, AttenuationArgs)}
@@ -427,7 +422,6 @@ class OpticalProbeService(InstrumentService):
     (``timeout``, naming the port) and the bench is left as it is, since the
     probe energises nothing and a dark meter is what outage checks make."""
 
-    kind = "optical_probe"
     loss_is_a_fault = False
 
     def _lost(self, exc: InstrumentError) -> None:
@@ -453,15 +447,9 @@ class OpticalProbeService(InstrumentService):
         return readout.as_dict()
 
 
-SERVICES: dict[str, type[InstrumentService]] = {
-    cls.kind: cls for cls in (AcSourceService, LoadBankService, AnalyserService, AttenuatorService,
-                              OpticalProbeService)
-}
-
-
 def open_driver(name: str, cfg: InstrumentConfig, address: str) -> Any:
     """The lab.yaml driver for an instrument, opened at ``address``."""
-    cls = driver_class(cfg.driver)
+    cls = parts.instrument_kind(cfg.kind).driver(cfg.driver).load()
     return cls(name, address, timeout=cfg.timeout, limits=cfg.limits).open()
 
 
@@ -479,7 +467,8 @@ def serve_instruments(agent: Any) -> dict[str, InstrumentService]:
                 driver = open_driver(name, cfg, address)
             except LimitError as exc:
                 raise InstrumentError(name, address, str(exc).removeprefix(f"instrument {name}: ")) from None
-            service = SERVICES[cfg.kind](agent, name, cfg, driver, address, services)
+            service_cls = parts.instrument_kind(cfg.kind).load_service()
+            service = service_cls(agent, name, cfg, driver, address, services)
             services[name] = service
             service.start()
     except BaseException:

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from rig.config import InstrumentLimits
 
 from .errors import InstrumentError, InstrumentTimeout
+from .settings import Setting, settings_of
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class VisaInstrument:
     """
 
     #: the instrument family this driver follows, for messages and limits
-    model: ClassVar[str] = "SCPI instrument"
+    model: str = "SCPI instrument"
     read_termination: ClassVar[str] = "\n"
     write_termination: ClassVar[str] = "\n"
 
@@ -78,7 +79,7 @@ class VisaInstrument:
         self.limits = limits or InstrumentLimits()
         self.identity: str | None = None
         self._rm = resource_manager
-        self._session = None
+        self._session: Any = None     # a pyvisa resource while open
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ session
@@ -167,6 +168,7 @@ class VisaInstrument:
         """Send a query and return its answer, stripped."""
         answer = self._io(command, query=True)
         log.debug("%s -> %s = %s", self.name, command, answer)
+        assert answer is not None          # a query always has its answer (or raised)
         return answer
 
     def query_float(self, command: str) -> float:
@@ -182,6 +184,24 @@ class VisaInstrument:
             return _scpi_bool(answer)
         except ValueError:
             raise InstrumentError(self.name, self.address, f"{command!r} answered {answer!r}, not ON/OFF") from None
+
+    # ------------------------------------------------------------------ declared settings
+    def setting(self, name: str) -> Setting:
+        """The declared setting ``name`` (instruments/settings.py)."""
+        found = settings_of(type(self)).get(name)
+        if found is None:
+            raise KeyError(f"{type(self).__name__} declares no setting '{name}'")
+        return found
+
+    def rating_of(self, setting: Setting) -> tuple[float | None, float | None]:
+        """This instrument's rating for a setting: the declared one (a driver
+        that reads its model's rating from the instrument overrides this)."""
+        return setting.rating
+
+    def check(self, name: str, value: Any) -> Any:
+        """A value of setting ``name`` as it would be sent: quantised and
+        inside the rating and the lab.yaml limits, else LimitError."""
+        return self.setting(name).check(self, value)
 
     def confirm(self, what: str, wanted: Any, got: Any) -> None:
         """Raise if a read-back disagrees with what was just set."""

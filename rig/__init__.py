@@ -9,7 +9,9 @@ For rig scripts::
         bench.relay("mains").on()         # confirmed by the agent's state
 """
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["Lab", "__version__"]
 
 
 def __getattr__(name: str):

@@ -36,8 +36,8 @@ lane: the op returns at once with the actuation's ``id`` and how long it
 will take; every edge is in the retained ``state`` as it happens
 (``buttons.<b>.pressed``, ``changed``), and the whole actuation, each edge
 stamped, in ``last`` when it ends.  States are published in the order the
-edges happened, by one publisher thread (never behind a command's reply).  :class:`ActuatorHandle` (``bench.actuator("esme")``)
-waits for it and returns an :class:`Actuation`.
+edges happened, by one publisher thread (never behind a command's reply).
+:class:`ActuatorHandle` (``bench.actuator("esme")``) waits for it and returns an :class:`Actuation`.
 
 The simulated bench follows the same retained state and drives a gpiozero
 mock pin of its own to which the twin's button input is wired
@@ -52,7 +52,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -61,9 +61,24 @@ from .config import ButtonActuator, UnknownPart, normalise_pin
 from .contract import Node
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .agent import Agent
+    from .bench_port import BenchPort
+    from .bus import Bus
     from .clock import LabClock
-    from .lab import Bench
+    from .config import BenchConfig
+
+
+class ActuatorAgent(Protocol):
+    """The controller agent as its actuators see it (rig/agent.py)."""
+
+    bench_name: str
+    cfg: BenchConfig
+    clock: LabClock
+    factory: Any
+    bus: Bus
+    actuators: dict[str, DeviceActuator]
+    _lock: threading.RLock
+
+    def guard(self, ctx: CommandContext, towards_safe: bool) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +113,8 @@ class _Step:
 
     def record(self) -> dict[str, Any]:
         return {"button": self.button, "pressed": self.pressed, "released": self.released,
-                "held": None if self.pressed is None or self.released is None else round(self.released - self.pressed, 4)}
+                "held": None if self.pressed is None or self.released is None
+                else round(self.released - self.pressed, 4)}
 
 
 class DeviceActuator:
@@ -109,7 +125,7 @@ class DeviceActuator:
     running and releases every button at once."""
 
     def __init__(self, bench: str, device: str, buttons: dict[str, ButtonActuator], clock: "LabClock", factory,
-                 publish: Callable[[Node, dict[str, Any]], None] | None = None):
+                 publish: Callable[[Node, dict[str, Any]], object] | None = None):
         from gpiozero import OutputDevice
 
         self.bench, self.name, self.cfg, self.clock = bench, device, buttons, clock
@@ -181,8 +197,11 @@ class DeviceActuator:
             state = self._outbox.get()
             if state is None:
                 return
+            publish = self._publish
+            if publish is None:
+                return
             try:
-                self._publish(self.node, state)
+                publish(self.node, state)
             except Exception:  # noqa: BLE001 - the next state must still go
                 log.exception("actuator %s/%s: state not published", self.bench, self.name)
 
@@ -303,15 +322,15 @@ class DeviceActuator:
             self._outbox.put(None)
 
 
-def build_actuators(agent: "Agent") -> dict[str, DeviceActuator]:
+def build_actuators(agent: ActuatorAgent) -> dict[str, DeviceActuator]:
     """The bench's actuators, every button released (the agent makes them
     with its relays, before anything can command them)."""
     return {device: DeviceActuator(agent.bench_name, device, buttons, agent.clock, agent.factory,
-                                   publish=lambda node, state: agent.bus.publish_state(node, state))
+                                   publish=agent.bus.publish_state)
             for device, buttons in agent.cfg.actuators.items()}
 
 
-def serve_actuators(agent: "Agent") -> None:
+def serve_actuators(agent: ActuatorAgent) -> None:
     """Serve the actuators' ops on the agent's bus and publish their state."""
     for act in agent.actuators.values():
 
@@ -327,9 +346,14 @@ def serve_actuators(agent: "Agent") -> None:
         s(act.node, "press", actuate("press"), PressArgs)
         s(act.node, "hold", actuate("hold"), HoldArgs)
         s(act.node, "type", actuate("type"), TypeArgs)
-        s(act.node, "release", lambda _a, ctx, a=act: {"changed": a.force_safe(f"release requested by {ctx.sender}")},
-          inline=True, safe=True)
-        s(act.node, "status", lambda _a, _c, a=act: a.state(), inline=True)
+        def release(_args: Any, ctx: CommandContext, a: DeviceActuator = act) -> dict[str, Any]:
+            return {"changed": a.force_safe(f"release requested by {ctx.sender}")}
+
+        s(act.node, "release", release, inline=True, safe=True)
+        def status(_args: Any, _ctx: CommandContext, a: DeviceActuator = act) -> dict[str, Any]:
+            return a.state()
+
+        s(act.node, "status", status, inline=True)
         agent.bus.publish_state(act.node, act.state())
 
 
@@ -371,7 +395,7 @@ class ActuatorHandle:
     Each call returns when the agent reports the actuation finished, with
     its own time stamps; it needs the bench lease."""
 
-    def __init__(self, bench: "Bench", device: str):
+    def __init__(self, bench: BenchPort, device: str):
         buttons = bench.cfg.actuators.get(device)
         if not buttons:
             raise UnknownPart(f"bench {bench.name} has no actuator on {device}'s buttons (lab.yaml actuators)")
@@ -422,8 +446,3 @@ class ActuatorHandle:
 
     def __repr__(self) -> str:
         return f"<actuators {self.bench.name}/{self.device}: {', '.join(self.buttons)}>"
-
-
-def actuator(bench: "Bench", device: str) -> ActuatorHandle:
-    """``bench.actuator(device)``: the actuators on that device's buttons."""
-    return bench.handle(("actuator", device), lambda: ActuatorHandle(bench, device))

@@ -29,7 +29,6 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from . import __version__
 from .broker import BrokerError, Endpoint
 from .bus import Bus, BusLoopDied, CommandContext, Refused
 from .clock import LabClock
@@ -37,6 +36,7 @@ from .config import BenchConfig, LabConfig
 from .contract import Heartbeat, Node, agent_node
 from .relay import EStop, Relay, pin_factory
 from .security import KeyExchange, SecurityError, command_fields, heartbeat_fields, mac_ok, system_wall
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,11 @@ class Lease:
     def info(self) -> dict[str, Any]:
         return {"holder": self.holder, "since": self.since, "id": self.id, "term": self.term,
                 "skew": None if self.skew is None else round(self.skew, 3)}
+
+
+def _towards(relay: Relay) -> Callable[[RelayArgs], bool]:
+    """The rule that a relay command goes towards the relay's safe state."""
+    return lambda args: (args.state == "on") == relay.safe_on
 
 
 class Agent:
@@ -161,7 +166,7 @@ class Agent:
         s(self.node, "status", lambda _a, _c: self.status(), inline=True)
         for name, relay in self.relays.items():
             s(Node(self.bench_name, "relay", name), "set", self._relay_set, RelayArgs, inline=True,
-              safe=lambda args, r=relay: (args.state == "on") == r.safe_on)
+              safe=_towards(relay))
         self._start_instruments()
         if self.actuators:
             from .actuator import serve_actuators
@@ -323,7 +328,7 @@ class Agent:
                 if hb.progress != lease.progress:
                     lease.progress, lease.last_progress = hb.progress, time.monotonic()
         if ended is not None:
-            self._report_skew(ended.holder, ended.skew)
+            self._report_skew(ended.holder, ended.skew or 0.0)
             self._end_lease(ended, f"clock skew {ended.skew:+.1f} s from {ended.holder} exceeds "
                                    f"{self.max_clock_skew:g} s")
 
@@ -357,7 +362,7 @@ class Agent:
                                   "(its heartbeat runs, its work does not: hung?)")
                     if reason:
                         self.lease = None
-            if reason:
+            if reason and lease is not None:
                 self._end_lease(lease, reason)
             # this host's own clock stepped (NTP on a Pi without an RTC)?
             step = (self.wall_source() - time.monotonic()) - offset
@@ -511,10 +516,3 @@ class Agent:
     def _publish_status(self) -> None:
         self.bus.publish_state(self.node, self.status())
 
-
-def run_agent(lab: LabConfig, bench: str, endpoint: Endpoint, clock: LabClock,
-              ready: Callable[[Agent], None] | None = None) -> None:
-    agent = Agent(lab, bench, endpoint, clock)
-    if ready is not None:
-        ready(agent)
-    agent.run()

@@ -124,7 +124,8 @@ def preflight(endpoint, benches: list[str], wait: float = 3.5) -> dict[str, str]
             cond.notify_all()
 
     reasons: dict[str, str] = {}
-    with Bus(endpoint, client_id=f"preflight-{threading.get_ident() % 100000}-{int(time.time() * 1000) % 100000}") as bus:
+    client_id = f"preflight-{threading.get_ident() % 100000}-{int(time.time() * 1000) % 100000}"
+    with Bus(endpoint, client_id=client_id) as bus:
         for topic in topics:
             bus.subscribe(topic, on_msg)
         bus.wait_subscribed(5.0)

@@ -58,10 +58,21 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from pydantic import BaseModel, ValidationError
 
-from . import __version__
 from .broker import Endpoint
 from .clock import LabClock
-from .contract import LAB_CLOCK, MAX_PAYLOAD, Command, ErrorBody, ErrorCode, Node, Presence, Reply, is_reply_topic, reply_topic
+from .contract import (
+    LAB_CLOCK,
+    MAX_PAYLOAD,
+    Command,
+    ErrorBody,
+    ErrorCode,
+    Node,
+    Presence,
+    Reply,
+    is_reply_topic,
+    reply_topic,
+)
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +155,7 @@ class CommandContext:
     expires: float
     received: float
     args: Any = None          # the command's args as received (a lease proof covers them)
+    lease_checked: str | None = None   # the lease that the agent found proven for it
 
     @property
     def topic(self) -> str:
@@ -219,7 +231,7 @@ class _Lane:
     def stop(self) -> None:
         with self._lock:
             running, self._workers = len(self._threads), 0   # no new workers after a stop
-            self._threads.append(None)  # type: ignore[arg-type]  (marks the lane started)
+            self._threads.append(None)  # type: ignore[arg-type]  # marks the lane started
         for _ in range(running):
             try:
                 self.queue.put(None, timeout=1.0)
@@ -245,7 +257,7 @@ def _depth_ok(data: Any, limit: int = MAX_DEPTH) -> bool:
     return True
 
 
-def _decode(payload: bytes) -> Any:
+def _decode(payload: bytes | bytearray) -> Any:
     """JSON from a payload, or :class:`PayloadError` saying why not.  Never
     raises anything else: deep nesting would otherwise raise RecursionError
     out of whichever thread decodes it."""
@@ -321,7 +333,10 @@ class Watch:
         lab_timeout = max(timeout, clock.lab_seconds(min_wall))
 
         def check() -> Any:
-            value = self.values.get(topic) if topic else (next(iter(self.values.values()), None) if self.values else None)
+            if topic:
+                value = self.values.get(topic)
+            else:
+                value = next(iter(self.values.values()), None) if self.values else None
             return value if value is not None and predicate(value) else None
 
         return clock.wait_for(check, lab_timeout, condition=self.cond)
@@ -406,11 +421,11 @@ class Bus:
         c.on_message = self._guard(self._on_message)
         c.on_socket_open = self._guard(self._on_socket_open)
         c.on_subscribe = self._guard(self._on_subscribe)
-        c.reconnect_delay_set(0.2, 2.0)
+        c.reconnect_delay_set(0.2, 2.0)  # type: ignore[arg-type]  # paho sleeps float delays; it annotates int
         c.max_inflight_messages_set(100)
         c.max_queued_messages_set(MAX_QUEUED_PUBLISHES)
         # loop_start() runs loop_forever() on paho's thread: watch it end
-        c.loop_forever = self._loop_forever
+        c.loop_forever = self._loop_forever  # type: ignore[method-assign]  # to see paho's loop thread end
         self._client = c
 
     def _guard(self, callback: Callable[..., None]) -> Callable[..., None]:
@@ -445,6 +460,8 @@ class Bus:
                              daemon=True).start()
 
     def _call_fatal(self, reason: str) -> None:
+        if self.on_fatal is None:
+            return
         try:
             self.on_fatal(reason)
         except Exception:  # noqa: BLE001
@@ -499,7 +516,7 @@ class Bus:
     def _subscribe(self, topic_filter: str) -> None:
         with self._suback:
             rc, mid = self._client.subscribe(topic_filter, qos=1)
-            if rc == mqtt.MQTT_ERR_SUCCESS:
+            if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
                 self._pending_subs.add(mid)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -518,7 +535,7 @@ class Bus:
         if self._closing.is_set():
             return
         self._closing.set()
-        if self._announced.is_set() and self._connected.is_set():
+        if self._announced.is_set() and self._connected.is_set() and self.presence_node is not None:
             info = self._client.publish(self.presence_node.presence, encode(
                 Presence(online=False, client=self.client_id, ts=self.clock.now(), reason=reason).model_dump()),
                 qos=1, retain=True)
@@ -672,7 +689,7 @@ class Bus:
             return
         self._send(topic, data, retain, qos)
 
-    def _send(self, topic: str, data: bytes, retain: bool, qos: int) -> Any:
+    def _send(self, topic: str, data: bytes | bytearray, retain: bool, qos: int) -> Any:
         if len(data) > MAX_PAYLOAD:   # the broker would drop the connection over it
             raise BusError(f"not published to {_short(topic)}: {len(data)} bytes is over the bus limit of "
                            f"{MAX_PAYLOAD} bytes")
@@ -711,6 +728,8 @@ class Bus:
         self.publish(LAB_CLOCK, {"wall": a.wall, "scale": a.scale}, retain=True)
 
     def _publish_presence(self) -> None:
+        if self.presence_node is None:
+            return
         p = Presence(online=True, ts=self.clock.now(), wall=self.clock.wall(), seq=self.next_seq(),
                      client=self.client_id, version=__version__,
                      heartbeat_interval=self.heartbeat_interval, **self.presence_info)
@@ -819,7 +838,7 @@ class Bus:
             self._send(node.error, encode({"ts": self.clock.now(), "topic": _short(topic, 200),
                                            "error": body.model_dump(exclude_none=True)}), False, 1)
 
-    def _accept(self, node: Node, ops: dict[str, _Op], topic: str, payload: bytes) -> None:
+    def _accept(self, node: Node, ops: dict[str, _Op], topic: str, payload: bytes | bytearray) -> None:
         """On the network thread: validate a command completely before
         anything acts, then run it (inline) or queue it on its lane."""
         op_name = topic[len(node.base) + 5:]
@@ -837,7 +856,8 @@ class Bus:
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"]) or "payload"
-            self._reject(node, topic, reply_to, cmd_id, "invalid", f"{where}: {err['msg'].removeprefix('Value error, ')}")
+            message = err["msg"].removeprefix("Value error, ")
+            self._reject(node, topic, reply_to, cmd_id, "invalid", f"{where}: {message}")
             return
         ahead = max(MAX_EXPIRES_AHEAD, self.clock.lab_seconds(MAX_EXPIRES_AHEAD_WALL))
         if cmd.expires - received > ahead:
@@ -848,7 +868,7 @@ class Bus:
         with self._cmd_lock:
             cached = self._replies_cache.get(cmd.id)
             duplicate = cached is None and cmd.id in self._inflight
-            if duplicate and cmd.reply_to not in self._inflight[cmd.id]:
+            if duplicate:       # every delivery is answered once, as a delivery after the end is
                 self._inflight[cmd.id].append(cmd.reply_to)
             elif cached is None:
                 self._inflight[cmd.id] = []
@@ -980,7 +1000,7 @@ class Bus:
                 self._replies_cache.popitem(last=False)
                 self._cache_until.pop(oldest, None)
             repeats = self._inflight.pop(cmd.id, [])
-        for reply_to in dict.fromkeys([cmd.reply_to, *repeats]):
+        for reply_to in [cmd.reply_to, *repeats]:
             try:
                 self._send(reply_to, data, False, 1)
             except Exception:  # noqa: BLE001 - cached: a repeat of the command gets it
@@ -1007,7 +1027,7 @@ class Bus:
         return data
 
     # ------------------------------------------------------------------ sending commands
-    def _on_reply(self, payload: bytes) -> None:
+    def _on_reply(self, payload: bytes | bytearray) -> None:
         try:
             reply = Reply.model_validate(_decode(payload))
         except (PayloadError, ValidationError) as exc:

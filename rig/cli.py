@@ -7,7 +7,6 @@ line that says what to do, never a traceback (``RIG_DEBUG=1`` shows them).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
@@ -17,17 +16,22 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
-from .broker import BrokerError
-from .bus import BusError, CommandError
-from .config import ConfigError, LabConfig, UnknownPart, load_lab
 from instruments.address import AddressError
 from instruments.errors import InstrumentError
+
+from .broker import BrokerError
+from .bus import BusError, CommandError
+from .cli_broker import broker_app
+from .cli_common import Exit, LabOpt, console, err, hold_lease, load, setup_logging
+from .cli_evidence import evidence_app, history, report, verify
+from .cli_instrument import instrument_app
+from .cli_probe import probe
+from .config import ConfigError, LabConfig, UnknownPart
+from .version import __version__
 
 app = typer.Typer(
     name="rig",
@@ -40,28 +44,6 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
-console = Console()
-err = Console(stderr=True)
-
-LabOpt = typer.Option(Path("lab.yaml"), "--lab", "-l", help="the lab file", envvar="RIG_LAB",
-                      show_default=True)
-
-
-class Exit(Exception):
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
-
-
-def load(path: Path) -> LabConfig:
-    return load_lab(path)
-
-
-def setup_logging(verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else logging.INFO if os.environ.get("RIG_VERBOSE") else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("amqtt", "transitions", "pyvisa"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # ----------------------------------------------------------------------------- check
@@ -99,6 +81,8 @@ def up(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with console.status("starting broker, agents and simulated parts..."):
         up_ = LabUp(cfg, port=port, clock_scale=clock_scale, lab_path=str(lab)).start()
+    up_bus = up_.bus
+    assert up_bus is not None      # start() connected it
     powered = None
     try:
         console.print(f"[green]lab '{cfg.lab.name}' up[/green]: broker {up_.endpoint}, "
@@ -120,9 +104,9 @@ def up(
                 console.print(f"  {bname}: mains [yellow]on[/yellow], lease held by rig up")
 
         if once:
-            console.print(render_status(cfg, snapshot(up_.bus)))
+            console.print(render_status(cfg, snapshot(up_bus)))
             return
-        with Live(render_status(cfg, snapshot(up_.bus)), console=console, refresh_per_second=2) as live:
+        with Live(render_status(cfg, snapshot(up_bus)), console=console, refresh_per_second=2) as live:
             while not stop.wait(2.0):
                 if powered is not None:
                     for bname in cfg.benches:
@@ -130,7 +114,7 @@ def up(
                 dead = [c for c in up_.children if c.proc.poll() is not None]
                 if dead:
                     raise Exit(f"{dead[0].name} stopped (code {dead[0].proc.returncode}):\n{dead[0].tail()}")
-                live.update(render_status(cfg, snapshot(up_.bus, quiet=0.2, limit=1.0)))
+                live.update(render_status(cfg, snapshot(up_bus, quiet=0.2, limit=1.0)))
     except KeyboardInterrupt:
         pass
     finally:
@@ -192,9 +176,9 @@ def render_status(cfg: LabConfig, seen: dict[str, Any]) -> Table:
                           str(detail))
         for dname, dev in bench.devices.items():
             if dev.sealed:
-                buttons = ", ".join(bench.actuators.get(dname) or {}) or "none"
+                wired = ", ".join(bench.actuators.get(dname) or {}) or "none"
                 table.add_row("", f"{dev.kind} {dname}", "sealed", "[dim]black box[/dim]",
-                              f"reached through its actuators ({buttons}), optical port, HAN and the head end")
+                              f"reached through its actuators ({wired}), optical port, HAN and the head end")
                 continue
             s = get("device", dname, "state") or {}
             meter = s.get("paired_meter")
@@ -252,9 +236,9 @@ def status(
     bench: Optional[str] = typer.Option(None, help="only this bench"),
 ) -> None:
     """Benches, agents, relays, instruments and devices, as the bus reports them."""
+    from .broker import endpoint_for
     from .bus import Bus
     from .lab import endpoint_from_env, snapshot
-    from .broker import endpoint_for
 
     cfg = load(lab)
     ep = (endpoint_from_env() or endpoint_for(cfg.broker)).for_role("observer")
@@ -267,21 +251,6 @@ def status(
 
 
 # ----------------------------------------------------------------------------- relay, mains, estop
-def hold_lease(clock, hold: Optional[float], what: str) -> None:
-    """Keep this process (its lease and the heartbeat that keeps an output
-    on) alive for ``hold`` lab seconds, or until Ctrl-C/SIGTERM; the caller's
-    ``with Lab.open(...)`` then releases the lease and the bench goes safe."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    console.print(f"{what}: holding the lease " + (f"for {hold:g} lab s" if hold is not None else "until Ctrl-C")
-                  + "; then the bench goes to its safe state")
-    try:
-        # a wait on the lab clock counts as the lease holder's progress (the lease stays)
-        clock.wait_event(stop, hold)
-    except KeyboardInterrupt:
-        pass
-
-
 @app.command()
 def relay(
     bench: str = typer.Argument(..., help="bench name, e.g. bench-1"),
@@ -302,7 +271,8 @@ def relay(
     cfg = load(lab)
     rcfg = cfg.bench(bench).relays.get(name)
     if rcfg is None:
-        raise UnknownPart(f"bench {bench} has no relay '{name}'; relays: {', '.join(cfg.bench(bench).relays) or 'none'}")
+        raise UnknownPart(f"bench {bench} has no relay '{name}'; relays: "
+                          f"{', '.join(cfg.bench(bench).relays) or 'none'}")
     with Lab.open(cfg) as lab_:
         if state == rcfg.safe_state:
             b = lab_.bench(bench, lease=False)
@@ -324,7 +294,8 @@ def mains(
     hold: Optional[float] = typer.Option(None, help="lab seconds to keep mains on; default: until Ctrl-C"),
 ) -> None:
     """Power a bench: AC source output on, then the mains relay closed (as the wiring
-    in lab.yaml says); `off` opens the relay.  `on` holds the bench lease until --hold
+    in lab.yaml says); `off` opens the relay (a bench with a supply and no relay: switches the
+    supply's output off).  `on` holds the bench lease until --hold
     passes or Ctrl-C, then the bench goes back to its safe state (mains off)."""
     from .lab import Lab
 
@@ -333,8 +304,7 @@ def mains(
     with Lab.open(load(lab)) as lab_:
         if state == "off":
             b = lab_.bench(bench, lease=False)
-            if b.mains.relay is not None:
-                b.mains.relay.off()
+            b.mains.off()          # the relay open, or on a bench with no relay the supply's output off
             console.print(f"{bench}: mains [cyan]off[/cyan] (its safe state)")
             return
         b = lab_.bench(bench)
@@ -360,7 +330,8 @@ def estop(
         b = lab_.bench(bench, lease=action == "reset")
         if action == "trip":
             b.estop("rig estop (command line)")
-            console.print(f"[red]{bench}: E-stop latched[/red]; every output is safe. `rig estop {bench} reset` to clear")
+            console.print(f"[red]{bench}: E-stop latched[/red]; every output is safe. "
+                          f"`rig estop {bench} reset` to clear")
         elif action == "reset":
             b.reset_estop()
             console.print(f"{bench}: E-stop reset (outputs stay safe until commanded)")
@@ -410,15 +381,13 @@ def sim(
 ) -> None:
     """Serve a bench's simulated parts: physics, instruments, device twins, HAN
     (`rig up` starts it for benches with simulated parts)."""
-    from .launch import child_clock, die_with_parent
-    from .sim.world import World
+    from .launch import die_with_parent, serve_simulated_bench
 
     die_with_parent()
     setup_logging(verbose)
     cfg = load(lab)
     cfg.bench(bench)
-    endpoint = _child_endpoint(cfg, broker)
-    World(cfg, bench, endpoint, child_clock(cfg, endpoint, "sim")).run()
+    serve_simulated_bench(cfg, bench, _child_endpoint(cfg, broker))
 
 
 # ----------------------------------------------------------------------------- run
@@ -485,59 +454,13 @@ def selftest(
     raise typer.Exit(code)
 
 
-# ----------------------------------------------------------------------------- broker
-broker_app = typer.Typer(help="The lab's MQTT broker: its security configuration.", no_args_is_help=True)
-
-
-@broker_app.command("config")
-def broker_config(
-    out: Path = typer.Option(..., "--out", "-o", help="an empty directory for the configuration"),
-    lab: Path = LabOpt,
-    port: int = typer.Option(8883, help="the broker's TLS port"),
-    certfile: Path = typer.Option(..., help="the broker's certificate (PEM)"),
-    keyfile: Path = typer.Option(..., help="its private key (PEM)"),
-    cafile: Optional[Path] = typer.Option(None, help="the lab CA (default: lab.yaml broker.tls.ca_file); "
-                                          "needed to check client certificates"),
-    require_certificate: bool = typer.Option(False, help="clients must also present a certificate signed by the CA"),
-) -> None:
-    """Write the mosquitto configuration of a real lab's broker: a TLS listener,
-    no anonymous clients, a password file and an ACL generated from lab.yaml
-    (one user per role: orchestrator, observer, agent-<bench>, sim-<bench>,
-    device-<bench>-<device>), and one 0600 credentials file per client."""
-    from .security import SecurityError, write_broker_config
-
-    cfg = load(lab)
-    ca = cafile or (cfg.broker.tls.ca_file if cfg.broker.tls else None)
-    if require_certificate and ca is None:
-        raise Exit("--require-certificate needs the lab CA (--cafile or broker.tls.ca_file)", 2)
-    for f in (certfile, keyfile, *([ca] if ca else [])):
-        if not Path(f).is_file():
-            raise Exit(f"{f}: no such file", 2)
-    try:
-        files = write_broker_config(cfg, out, port, Path(certfile).resolve(), Path(keyfile).resolve(),
-                                    Path(ca).resolve() if ca else None, require_certificate)
-    except SecurityError as exc:
-        raise Exit(str(exc), 2) from None
-    console.print(f"[green]broker configuration for lab '{cfg.lab.name}' in {out}[/green]", highlight=False)
-    console.print(f"  {files['conf']}: include it in the broker's mosquitto.conf (or run mosquitto -c on it)",
-                  highlight=False)
-    console.print(f"  {files['passwd']}, {files['acl']}: the password file and the ACL it names", highlight=False)
-    console.print(f"  {files['credentials']}/<user>.env: give each host its own file only "
-                  "(RIG_MQTT_USER/RIG_MQTT_PASSWORD, the variables lab.yaml names)", highlight=False)
-
-
-app.add_typer(broker_app, name="broker")
-
-
-# --- sub-apps: one add_typer line each -------------------------------------------
-from .cli_instrument import instrument_app; app.add_typer(instrument_app, name="instrument")  # noqa: E402,E702
-from .cli_evidence import evidence_app, history, report, verify  # noqa: E402  (rig.evidence)
-app.add_typer(evidence_app, name="evidence")
-app.command("verify")(verify)
-app.command("history")(history)
-app.command("report")(report)
-from .cli_probe import probe as _probe  # noqa: E402
-app.command("probe")(_probe)
+# ----------------------------------------------------------------------------- the other modules' commands
+# Every sub-app and command defined outside this module is registered here, and only here.
+SUB_APPS: dict[str, typer.Typer] = {"instrument": instrument_app, "evidence": evidence_app, "broker": broker_app}
+for _name, _sub in SUB_APPS.items():
+    app.add_typer(_sub, name=_name)
+for _command in (verify, history, report, probe):
+    app.command(_command.__name__)(_command)
 
 
 @app.command()
@@ -580,9 +503,10 @@ def main(argv: list[str] | None = None) -> None:
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             sys.exit(3)
         # click's exceptions (bundled inside typer since 0.20): usage errors, abort
-        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
+        code = getattr(exc, "exit_code", None)
+        if hasattr(exc, "show") and isinstance(code, int):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(code)
         if isinstance(exc, typer.Abort):
             sys.exit(130)
         err.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (RIG_DEBUG=1 for the traceback)",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -32,7 +32,7 @@ evidence_app = typer.Typer(name="evidence", help="Evidence documents built from 
 _SPARK = "▁▂▃▄▅▆▇█"
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)  # SystemExit: typer.Exit's code is lost under rig.cli.main (standalone_mode=False)
 
@@ -43,7 +43,8 @@ def verify(run: Path = typer.Argument(..., help="the run folder, e.g. runs/20261
 
     Exit 0 when every file matches; 1 naming each changed, missing or extra
     file; 2 when the folder was never sealed."""
-    from .evidence.manifest import ManifestError, run_hash, verify as check
+    from .evidence.manifest import ManifestError, run_hash
+    from .evidence.manifest import verify as check
 
     try:
         v = check(run)
@@ -69,12 +70,12 @@ def report(
 
     A sealed run keeps its manifest intact: if the new report differs from
     the sealed one it is written beside the folder."""
+    import hashlib
+
     from .evidence import MANIFEST_FILE, REPORT_FILE
     from .evidence.manifest import read_manifest
     from .evidence.record import RecordError
     from .evidence.report import render
-
-    import hashlib
 
     try:
         text = render(run)
@@ -124,8 +125,8 @@ def safety(
     out: Optional[Path] = typer.Option(None, help="HTML file to write (default: RUN.safety.html beside the run); "
                                        "for a run of several benches, the folder the packs go to"),
     pdf: bool = typer.Option(False, "--pdf", help="also print it to PDF with headless Chromium"),
-    selftest: Optional[Path] = typer.Option(None, "--selftest",
-                                            help="a `rig selftest` run folder: its self-checks prove the checks can fail"),
+    selftest: Optional[Path] = typer.Option(
+        None, "--selftest", help="a `rig selftest` run folder: its self-checks prove the checks can fail"),
     bench: Optional[str] = typer.Option(None, "--bench", help="only this bench's pack (comma-separated: several)"),
 ) -> None:
     """Build the PPMID enable-supply safety evidence pack of a run: one per
@@ -209,6 +210,7 @@ def history(
             store = store or cfg.lab.results.store
             results = results or cfg.lab.results.dir
             lab_name = cfg.lab.name
+    assert store is not None          # given, or from the lab file (or _fail ended the command)
     try:
         with ResultsStore.open(store) as st:
             if results is not None:

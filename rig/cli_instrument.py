@@ -27,14 +27,11 @@ from typing import Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from .cli import Exit, LabOpt, console, hold_lease, load
+from . import parts
+from .cli_common import Exit, LabOpt, console, hold_lease, load
 from .config import InstrumentConfig, LabConfig, UnknownPart
 from .contract import ROOT
 
-#: the setpoint a bare number means, per kind (``set 40``)
-PRIMARY = {"attenuator": "db", "ac_source": "voltage", "load_bank": "amps"}
-#: the key a bare on/off means, per kind (``set on``)
-SWITCH = {"ac_source": "output", "load_bank": "state"}
 #: ops that change nothing (no lease)
 READS = {"query", "identify", "read"}
 
@@ -136,23 +133,25 @@ def _number(text: str) -> Any:
 
 def parse_action(name: str, inst: InstrumentConfig, action: str, values: list[str]) -> tuple[str, dict[str, Any]]:
     """The bus op and args for ``ACTION VALUES...`` (``set 40``, ``set on``,
-    ``dip depth=0.5 duration=0.2``)."""
-    op = {"query": "read"}.get(action, action) if inst.kind in ("power_analyser", "optical_probe") else action
+    ``dip depth=0.5 duration=0.2``); what a bare number or on/off sets, and
+    what ``query`` asks, come from the kind's declaration (rig/parts.py)."""
+    kind = parts.instrument_kind(inst.kind)
+    op = kind.query if action == "query" else action
     args: dict[str, Any] = {}
     for value in values:
         if "=" in value:
             key, _, text = value.partition("=")
             args[key.strip()] = _number(text.strip())
         elif value.lower() in ("on", "off"):
-            key = SWITCH.get(inst.kind, "state") if op == "set" else "state"
+            key = (kind.switch or "state") if op == "set" else "state"
             args[key] = value.lower()
-        elif isinstance(_number(value), float) and op == "set" and inst.kind in PRIMARY:
-            args[PRIMARY[inst.kind]] = float(value)
+        elif isinstance(_number(value), float) and op == "set" and kind.number:
+            args[kind.number] = float(value)
         else:
             raise Exit(f"{name} {action}: cannot read {value!r}: give key=value"
-                       f"{f', a number ({PRIMARY[inst.kind]})' if inst.kind in PRIMARY else ''} or on/off", 2)
+                       f"{f', a number ({kind.number})' if kind.number else ''} or on/off", 2)
     if op == "set" and not args:
-        raise Exit(f"{name} set: nothing to set, e.g. `set {PRIMARY.get(inst.kind, 'key')}=...`", 2)
+        raise Exit(f"{name} set: nothing to set, e.g. `set {kind.number or 'key'}=...`", 2)
     return op, args
 
 

@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .cli import Exit, LabOpt, console, load
+from .cli_common import Exit, LabOpt, console, load
 
 
 def probe(

@@ -31,6 +31,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TypeVar
+
+T = TypeVar("T")
 
 ENV_VAR = "RIG_CLOCK"
 #: wall seconds between two progress ticks of a long wait (see LabClock.add_tick)
@@ -163,11 +166,11 @@ class LabClock:
 
     def wait_for(
         self,
-        predicate: Callable[[], object],
+        predicate: Callable[[], T],
         timeout: float,
         condition: threading.Condition | None = None,
         poll: float | None = None,
-    ) -> object:
+    ) -> T:
         """Wait until ``predicate()`` is truthy, for at most ``timeout`` lab seconds.
 
         With a ``condition`` the wait wakes on ``notify``; the predicate is

@@ -17,16 +17,32 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from . import yamlpos
+from . import parts, yamlpos
 from .reference import REFERENCES, Deviation
 
 BANDS = ("2.4GHz", "868MHz")
+Band = Literal["2.4GHz", "868MHz"]
+#: GB mains, nominal (BS EN 50160 as GB applies it): the meters' nominal voltage by default, the grid
+#: that feeds a bench without an AC source, the simulated source's output until it is programmed
+MAINS_VOLTAGE = 230.0
+MAINS_FREQUENCY = 50.0
 
 
 class ConfigError(Exception):
@@ -205,27 +221,72 @@ class RelayConfig(Strict):
 
 
 # --------------------------------------------------------------------------- instruments
-class InstrumentLimits(Strict):
-    """Ratings and interlock limits; a setpoint outside them is refused."""
+class InstrumentLimits(BaseModel):
+    """Ratings and interlock limits of an instrument; a setpoint outside them is
+    refused before it reaches the wire.
 
-    voltage_max: float | None = Field(None, gt=0)
-    frequency_min: float | None = Field(None, gt=0)
-    frequency_max: float | None = Field(None, gt=0)
-    current_max: float | None = Field(None, gt=0)
-    power_max: float | None = Field(None, gt=0)
-    attenuation_min: float | None = Field(None, ge=0)
-    attenuation_max: float | None = Field(None, ge=0)
-    step_max: float | None = Field(None, gt=0, description="largest single attenuation step, dB")
+    Each kind accepts the keys its drivers' settings declare
+    (:mod:`instruments.settings`; :func:`limits_model`).  This base, used as
+    it is by a driver opened outside a lab file, takes any limit as a number."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, float] = Field(init=False)
+
+    def get(self, key: str) -> float | None:
+        """The limit ``key`` (None: not given)."""
+        value = getattr(self, key, None)
+        return float(value) if value is not None else None
+
+    if TYPE_CHECKING:  # the kind's model has its limits as attributes: limits.voltage_max
+        def __getattr__(self, key: str) -> float | None: ...
+
+
+def _declared(lookup: Any, name: str) -> str:
+    """``name`` if a declaration (rig/parts.py) has it, else the lookup's message as a validation error."""
+    try:
+        lookup(name)
+    except parts.UnknownKind as exc:
+        raise ValueError(str(exc)) from None
+    return name
+
+
+class _KindLimits(InstrumentLimits):
+    model_config = ConfigDict(extra="forbid")
+
+
+def limits_model(kind: str) -> type[InstrumentLimits]:
+    """The ``limits:`` model of an instrument kind: every limit key its drivers'
+    settings declare (rig/parts.py names the drivers)."""
+    decl = parts.instrument_kind(kind)
+    cached = _LIMITS_MODELS.get(decl)
+    if cached is not None:
+        return cached
+    from instruments.settings import limits_of  # the drivers' declarations (no I/O at import)
+
+    fields: dict[str, Any] = {}
+    for driver in decl.drivers:
+        for limit in limits_of(driver.load()):
+            spec = (Field(None, description=limit.description, ge=0) if limit.zero
+                    else Field(None, description=limit.description, gt=0))
+            fields.setdefault(limit.key, (float | None, spec))
+    model = create_model(f"{kind.title().replace('_', '')}Limits", __base__=_KindLimits, **fields)
+    _LIMITS_MODELS[decl] = model
+    return model
+
+
+_LIMITS_MODELS: dict[parts.InstrumentKind, type[InstrumentLimits]] = {}
 
 
 class InstrumentConfig(Strict):
-    kind: Literal["ac_source", "load_bank", "power_analyser", "attenuator", "optical_probe"]
-    driver: str
+    kind: str = Field(..., description="ac_source, load_bank, power_analyser, attenuator, optical_probe, or a kind "
+                                       "a lab package declares (rig/parts.py)")
+    driver: str = Field(..., description="the kind's driver (docs/instruments.md)")
     address: str = Field(
         ..., description="'sim' for a simulated instrument on 127.0.0.1, else a VISA resource or serial URL",
     )
     timeout: float = Field(2.0, gt=0, description="I/O timeout, wall seconds")
-    limits: InstrumentLimits = Field(default_factory=InstrumentLimits)
+    limits: InstrumentLimits = Field(default_factory=InstrumentLimits, validate_default=True,
+                                     description="the kind's limits (see the sections below)")
     requires_supply: bool = Field(
         True, description="load bank only: refuse to switch on while the AC source output is off",
     )
@@ -237,16 +298,25 @@ class InstrumentConfig(Strict):
     def simulated(self) -> bool:
         return self.address == "sim"
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        return _declared(parts.instrument_kind, kind)
+
     @field_validator("driver")
     @classmethod
     def _known_driver(cls, driver: str, info: ValidationInfo) -> str:
-        from instruments import DRIVERS  # registry of names only; no I/O imports
-
         kind = info.data.get("kind")
-        known = sorted(name for name, (k, _target) in DRIVERS.items() if k == kind)
-        if driver not in known:
-            raise ValueError(f"unknown driver '{driver}' for kind {kind}; known: {', '.join(known) or 'none'}")
-        return driver
+        return _declared(parts.instrument_kind(kind).driver, driver) if kind is not None else driver
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _kind_limits(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("kind")
+        if kind is None or isinstance(value, _KindLimits):
+            return value
+        data = value.model_dump(exclude_none=True) if isinstance(value, BaseModel) else value
+        return limits_model(kind).model_validate(data if data is not None else {})
 
 
 # --------------------------------------------------------------------------- devices
@@ -255,11 +325,18 @@ class InstrumentConfig(Strict):
 SIMULATED_BACKENDS = ("sim", "sealed")
 
 
+class DeviceSettings(Strict):
+    """Base of a device kind's ``settings:`` model (the kind's declaration names it)."""
+
+    if TYPE_CHECKING:  # each kind's model has its own settings: device.settings.hold_time
+        def __getattr__(self, key: str) -> Any: ...
+
+
 class HanLink(Strict):
     band: Literal["2.4GHz", "868MHz", "dual"] = "2.4GHz"
 
 
-class EsmeSettings(Strict):
+class EsmeSettings(DeviceSettings):
     outage_alert_period: float = Field(
         180.0, gt=0, description="the meter's own outage period: it picks the restoration alert, 0x8F35 (shorter) "
         "or 0x8F36 (at least this long). The suites judge against the requirement's 180 s, never this")
@@ -280,13 +357,13 @@ class EsmeSettings(Strict):
     tariff: float = Field(0.25, gt=0, description="GBP per kWh")
     load_limit_kw: float | None = Field(None, gt=0, description="SUP-9 power threshold; null: no limit")
     load_limit_period: float = Field(30.0, gt=0, description="seconds above the threshold before the contactor opens")
-    voltage_nominal: float = 230.0
+    voltage_nominal: float = MAINS_VOLTAGE
     voltage_sag_threshold: float = Field(207.0, gt=0, description="OUT-6: RMS voltage below this is a sag")
     voltage_swell_threshold: float = Field(253.0, gt=0, description="OUT-6: RMS voltage above this is a swell")
     premises_id: str = Field("MPAN-1000000000001", description="SUP-10: commands for another premises are refused")
 
 
-class HubSettings(Strict):
+class HubSettings(DeviceSettings):
     reserve_seconds: float = Field(120.0, ge=0, description="OUT-5: hub runs this long on its reserve after mains loss")
     outage_alert_period: float = Field(
         180.0, gt=0, description="OUT-2: the WAN provider raises the outage alert (AD1) when this hub has been "
@@ -294,20 +371,23 @@ class HubSettings(Strict):
     gas_mirror_period: float = Field(1800.0, gt=0, description="HAN-7: gas mirror sync period, lab seconds")
 
 
-class GsmeSettings(Strict):
+class GsmeSettings(DeviceSettings):
     battery_mah: float = Field(19000.0, gt=0)
 
 
-class PpmidSettings(Strict):
+class PpmidSettings(DeviceSettings):
     paired_meter: str | None = Field(None, description="device name of the ESME this PPMID is paired with")
     hold_time: float = Field(2.0, gt=0, description="SUP-7: seconds this PPMID wants its enable button held")
 
 
-class IhdSettings(Strict):
+class IhdSettings(DeviceSettings):
     refresh_period: float = Field(10.0, gt=0)
 
 
-class _DeviceBase(Strict):
+class DeviceConfig(Strict):
+    """A device under test: its kind's settings model comes from its declaration (rig/parts.py)."""
+
+    kind: str = Field(..., description="esme, comms_hub, gsme, ppmid, ihd, or a kind a lab package declares")
     id: str = Field(..., description="the device's EUI-64, e.g. 00:0d:6f:00:00:00:00:01")
     backend: str = Field("sim", description="'sim' for a simulated twin; 'sealed' for a simulated twin reachable "
                          "only as real hardware is (actuators, optical port, HAN, analyser, head end: no operation "
@@ -316,6 +396,8 @@ class _DeviceBase(Strict):
     firmware: str | None = None
     faults: list[str] = Field(default_factory=list, description="fault profiles (simulated devices only)")
     han: HanLink = Field(default_factory=HanLink)
+    settings: DeviceSettings = Field(default_factory=dict, validate_default=True,
+                                     description="the kind's settings (see the sections below)")
 
     @property
     def simulated(self) -> bool:
@@ -333,45 +415,35 @@ class _DeviceBase(Strict):
             raise ValueError("expected an EUI-64 such as 00:0d:6f:00:00:00:00:01")
         return v.lower().replace("-", ":")
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        return _declared(parts.device_kind, kind)
 
-class EsmeConfig(_DeviceBase):
-    kind: Literal["esme"]
-    settings: EsmeSettings = Field(default_factory=EsmeSettings)
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, backend: str) -> str:
+        return backend if backend in SIMULATED_BACKENDS else _declared(parts.device_backend, backend)
 
-
-class GsmeConfig(_DeviceBase):
-    kind: Literal["gsme"]
-    settings: GsmeSettings = Field(default_factory=GsmeSettings)
-
-
-class HubConfig(_DeviceBase):
-    kind: Literal["comms_hub"]
-    settings: HubSettings = Field(default_factory=HubSettings)
-
-
-class PpmidConfig(_DeviceBase):
-    kind: Literal["ppmid"]
-    settings: PpmidSettings = Field(default_factory=PpmidSettings)
-
-
-class IhdConfig(_DeviceBase):
-    kind: Literal["ihd"]
-    settings: IhdSettings = Field(default_factory=IhdSettings)
-
-
-DeviceConfig = Annotated[
-    Union[EsmeConfig, GsmeConfig, HubConfig, PpmidConfig, IhdConfig], Field(discriminator="kind"),
-]
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _kind_settings(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("kind")
+        if kind is None:
+            return DeviceSettings()
+        model = parts.device_kind(kind).load_settings()
+        if isinstance(value, model):
+            return value
+        return model.model_validate(value if value is not None else {})
 
 
 # --------------------------------------------------------------------------- actuators
-KEYPAD_KEYS = tuple(f"key_{d}" for d in "0123456789") + ("key_enter",)
-#: the buttons an actuator may be wired across, per device kind
-BUTTONS: dict[str, tuple[str, ...]] = {
-    "esme": ("enable", "emergency_credit", "display", *KEYPAD_KEYS),
-    "ppmid": ("enable", "emergency_credit", "display", *KEYPAD_KEYS),
-    "ihd": ("display",),
-}
+def buttons_of(kind: str) -> tuple[str, ...]:
+    """The buttons an actuator may be wired across on a device of ``kind`` (its declaration's)."""
+    try:
+        return parts.device_kind(kind).buttons
+    except parts.UnknownKind:
+        return ()
 
 
 class ButtonActuator(Strict):
@@ -551,7 +623,7 @@ class BandModel(Strict):
     shadow_sigma_db: float = Field(..., ge=0, description="log-normal shadowing, dB")
 
 
-def _default_bands() -> dict[str, BandModel]:
+def _default_bands() -> dict[Band, BandModel]:
     return {
         "2.4GHz": BandModel(
             frequency_mhz=2440, data_rate_kbps=250, tx_power_dbm=8, sensitivity_dbm=-100,
@@ -627,7 +699,7 @@ class BenchConfig(Strict):
     actuators: dict[str, dict[str, ButtonActuator]] = Field(
         default_factory=dict, description="per device, per button: the GPIO actuator wired across it (the agent's "
         "outputs; docs/devices.md 'Wiring a real bench')")
-    head_end: HeadEndConfig = Field(  # type: ignore[valid-type]
+    head_end: HeadEndConfig = Field(
         default_factory=SimulatedHeadEndConfig, description="where remote commands go and alerts come from: "
         "'simulated' (the simulated DCC), 'http' (a lab's test head end), or an installed plugin's kind")
 
@@ -675,7 +747,7 @@ def _cross_check(lab: LabConfig) -> list[tuple[tuple, str]]:
                     problems.append((base + (section, name), "names are letters, digits, '-' and '_'"))
         # one GPIO pin, one use
         seen: dict[str, tuple] = {}
-        uses = [((("relays", n, "pin")), r.pin) for n, r in bench.relays.items()]
+        uses: list[tuple[tuple[str, ...], int | str]] = [(("relays", n, "pin"), r.pin) for n, r in bench.relays.items()]
         if bench.controller.estop is not None:
             uses.append((("controller", "estop", "pin"), bench.controller.estop.pin))
         uses += [(("actuators", d, b, "pin"), a.pin) for d, buttons in bench.actuators.items()
@@ -689,7 +761,8 @@ def _cross_check(lab: LabConfig) -> list[tuple[tuple, str]]:
         ids: dict[str, str] = {}
         for dname, dev in bench.devices.items():
             if dev.id in ids:
-                problems.append((base + ("devices", dname, "id"), f"device id {dev.id} is already used by {ids[dev.id]}"))
+                problems.append((base + ("devices", dname, "id"),
+                                 f"device id {dev.id} is already used by {ids[dev.id]}"))
             ids[dev.id] = dname
             if not dev.simulated and dev.faults:
                 problems.append((base + ("devices", dname, "faults"), "fault profiles apply to simulated devices only"))
@@ -701,7 +774,8 @@ def _cross_check(lab: LabConfig) -> list[tuple[tuple, str]]:
                     if fault not in known:
                         problems.append((
                             base + ("devices", dname, "faults", i),
-                            f"unknown fault profile '{fault}' for {dev.kind}; known: {', '.join(sorted(known)) or 'none'}",
+                            f"unknown fault profile '{fault}' for {dev.kind}; "
+                            f"known: {', '.join(sorted(known)) or 'none'}",
                         ))
         for dname, dev in bench.devices.items():
             s = dev.settings
@@ -709,21 +783,22 @@ def _cross_check(lab: LabConfig) -> list[tuple[tuple, str]]:
             if ref is not None and ref not in bench.devices:
                 key = "paired_ppmid" if hasattr(s, "paired_ppmid") else "paired_meter"
                 problems.append((base + ("devices", dname, "settings", key), f"unknown device '{ref}'"))
-        for pname, path in bench.rf_paths.items():
-            for i, dname in enumerate(path.between):
+        for pname, rf in bench.rf_paths.items():
+            for i, dname in enumerate(rf.between):
                 if dname not in bench.devices:
                     problems.append((
                         base + ("rf_paths", pname, "between", i),
                         f"unknown device '{dname}'; devices on {bname}: {', '.join(bench.devices) or 'none'}",
                     ))
-            if path.between[0] == path.between[1]:
+            if rf.between[0] == rf.between[1]:
                 problems.append((base + ("rf_paths", pname, "between"), "a path joins two different devices"))
-            if path.attenuator is not None:
-                inst = bench.instruments.get(path.attenuator)
+            if rf.attenuator is not None:
+                inst = bench.instruments.get(rf.attenuator)
+                where = base + ("rf_paths", pname, "attenuator")
                 if inst is None:
-                    problems.append((base + ("rf_paths", pname, "attenuator"), f"unknown instrument '{path.attenuator}'"))
+                    problems.append((where, f"unknown instrument '{rf.attenuator}'"))
                 elif inst.kind != "attenuator":
-                    problems.append((base + ("rf_paths", pname, "attenuator"), f"'{path.attenuator}' is a {inst.kind}, not an attenuator"))
+                    problems.append((where, f"'{rf.attenuator}' is a {inst.kind}, not an attenuator"))
         problems += _actuator_problems(base, bench)
         problems += _head_end_problems(base, bench)
         for iname, inst in bench.instruments.items():
@@ -735,21 +810,7 @@ def _cross_check(lab: LabConfig) -> list[tuple[tuple, str]]:
                     problems.append((where, f"unknown device '{inst.device}'"))
                 elif bench.devices[inst.device].kind != "esme":
                     problems.append((where, f"'{inst.device}' is a {bench.devices[inst.device].kind}, not a meter"))
-        w = bench.wiring
-        for key, table, kind in (
-            ("supply", bench.instruments, "ac_source"),
-            ("mains_relay", bench.relays, None),
-            ("meter", bench.devices, "esme"),
-            ("load", bench.instruments, "load_bank"),
-            ("analyser", bench.instruments, "power_analyser"),
-        ):
-            name = getattr(w, key)
-            if name is None:
-                continue
-            if name not in table:
-                problems.append((base + ("wiring", key), f"unknown {'relay' if table is bench.relays else 'part'} '{name}'"))
-            elif kind is not None and getattr(table[name], "kind", None) != kind:
-                problems.append((base + ("wiring", key), f"'{name}' is a {table[name].kind}, expected a {kind}"))
+        problems += _check_wiring(bench, base)
     problems += _broker_security(lab)
     bands = lab.han.bands
     for missing in set(BANDS) - set(bands):
@@ -765,7 +826,7 @@ def _actuator_problems(base: tuple, bench: BenchConfig) -> list[tuple[tuple, str
         if dev is None:
             problems.append((where, f"unknown device '{dname}'; devices: {', '.join(bench.devices) or 'none'}"))
             continue
-        known = BUTTONS.get(dev.kind, ())
+        known = buttons_of(dev.kind)
         for button in buttons:
             if button not in known:
                 problems.append((where + (button,), f"a {dev.kind} has no button '{button}'; buttons: "
@@ -799,6 +860,33 @@ def _head_end_problems(base: tuple, bench: BenchConfig) -> list[tuple[tuple, str
     return problems
 
 
+def _wiring_kinds() -> dict[str, tuple[str, str]]:
+    """``wiring:`` key -> (section, kind) from the kinds' declarations (rig/parts.py)."""
+    keys = {k.wiring: ("instruments", k.kind) for k in parts.instrument_kinds().values() if k.wiring}
+    keys |= {k.wiring: ("devices", k.kind) for k in parts.device_kinds().values() if k.wiring}
+    return keys
+
+
+def _check_wiring(bench: BenchConfig, base: tuple) -> list[tuple[tuple, str]]:
+    problems: list[tuple[tuple, str]] = []
+    kinds = _wiring_kinds()
+    for key in Wiring.model_fields:
+        name = getattr(bench.wiring, key)
+        if name is None or key == "hub_feed":
+            continue
+        if key == "mains_relay":
+            if name not in bench.relays:
+                problems.append((base + ("wiring", key), f"unknown relay '{name}'"))
+            continue
+        section, kind = kinds[key]
+        table: dict[str, Any] = getattr(bench, section)
+        if name not in table:
+            problems.append((base + ("wiring", key), f"unknown part '{name}'"))
+        elif table[name].kind != kind:
+            problems.append((base + ("wiring", key), f"'{name}' is a {table[name].kind}, expected a {kind}"))
+    return problems
+
+
 def _broker_security(lab: LabConfig) -> list[tuple[tuple, str]]:
     """A bench with real mains (a GPIO pin factory other than ``mock``) needs
     a broker with TLS and credentials (SEC-3)."""
@@ -821,7 +909,7 @@ def _broker_security(lab: LabConfig) -> list[tuple[tuple, str]]:
 
 
 # --------------------------------------------------------------------------- loading
-def _message(err: dict) -> str:
+def _message(err: Mapping[str, Any]) -> str:
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         return "unknown key (check the spelling; see docs/lab-yaml.md)"

@@ -14,6 +14,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from . import config as c
+from . import parts
 
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("lab", c.LabInfo, "the lab's name, clock and results store"),
@@ -27,19 +28,16 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("benches.NAME.controller.estop", c.EStopConfig, ""),
     ("benches.NAME.relays.NAME", c.RelayConfig, "a GPIO relay"),
     ("benches.NAME.instruments.NAME", c.InstrumentConfig, "a bench instrument (see docs/instruments.md)"),
-    ("benches.NAME.instruments.NAME.limits", c.InstrumentLimits, ""),
-    ("benches.NAME.devices.NAME (every kind)", c._DeviceBase, "a device under test (see docs/devices.md)"),
+    # then each instrument kind's limits (from its drivers' declared settings)
+    ("benches.NAME.devices.NAME", c.DeviceConfig, "a device under test (see docs/devices.md)"),
     ("benches.NAME.devices.NAME.han", c.HanLink, ""),
-    ("devices, kind: esme: settings", c.EsmeSettings, "the electricity meter"),
-    ("devices, kind: comms_hub: settings", c.HubSettings, ""),
-    ("devices, kind: gsme: settings", c.GsmeSettings, ""),
-    ("devices, kind: ppmid: settings", c.PpmidSettings, ""),
-    ("devices, kind: ihd: settings", c.IhdSettings, ""),
+    # then each device kind's settings (from its declaration)
     ("benches.NAME.actuators.DEVICE.BUTTON", c.ButtonActuator,
      "a GPIO output of the controller wired across one of a device's buttons (BUTTON: "
      + "; ".join(f"{k}: {', '.join(b for b in v if not b.startswith('key_'))}"
                  + (", key_0 .. key_9, key_enter" if any(x.startswith('key_') for x in v) else "")
-                 for k, v in c.BUTTONS.items()) + "); released at rest, on safe, E-stop, lost lease and exit"),
+                 for k, v in ((d.kind, d.buttons) for d in parts.device_kinds().values() if d.buttons))
+     + "); released at rest, on safe, E-stop, lost lease and exit"),
     ("benches.NAME.head_end, kind: simulated", c.SimulatedHeadEndConfig, "the simulated DCC (the default)"),
     ("benches.NAME.head_end, kind: http", c.HttpHeadEndConfig, "a lab's test head end over HTTP"),
     ("benches.NAME.head_end.requests.OP", c.HttpRequest, "one operation as an HTTP request (OP: "
@@ -106,6 +104,20 @@ def _default(field: FieldInfo) -> str:
     return f"`{value}`"
 
 
+def sections() -> list[tuple[str, type[BaseModel], str]]:
+    """SECTIONS with the declared kinds' own sections (rig/parts.py) in place."""
+    out: list[tuple[str, type[BaseModel], str]] = []
+    for path, model, blurb in SECTIONS:
+        out.append((path, model, blurb))
+        if model is c.InstrumentConfig:
+            out += [(f"instruments, kind: {kind}: limits", c.limits_model(kind), decl.doc)
+                    for kind, decl in parts.instrument_kinds().items() if c.limits_model(kind).model_fields]
+        elif model is c.HanLink:
+            out += [(f"devices, kind: {kind}: settings", decl.load_settings(), decl.doc)
+                    for kind, decl in parts.device_kinds().items()]
+    return out
+
+
 def render() -> str:
     out = [
         "# lab.yaml reference",
@@ -116,7 +128,7 @@ def render() -> str:
         "environment variable with `username_env` / `password_env` instead.",
         "",
     ]
-    for path, model, blurb in SECTIONS:
+    for path, model, blurb in sections():
         out += [f"## `{path}`", ""]
         if blurb:
             out += [blurb, ""]

@@ -108,7 +108,23 @@ class Node:
 
 
 def agent_node(bench: str) -> Node:
+    """The bench's controller agent (relays, instruments, lease, E-stop)."""
     return Node(bench, "agent", "controller")
+
+
+def dcc_node(bench: str) -> Node:
+    """The bench's head end (DCC): remote commands and the alert sink."""
+    return Node(bench, "dcc", "headend")
+
+
+def han_node(bench: str) -> Node:
+    """The bench's HAN tap (on a simulated bench, the simulated medium)."""
+    return Node(bench, "han", "medium")
+
+
+def sim_node(bench: str) -> Node:
+    """The bench's simulated world (`rig sim`), when the bench has one."""
+    return Node(bench, "sim", "world")
 
 
 # ----------------------------------------------------------------------------- payloads

@@ -11,7 +11,7 @@ type, its share of the housing stock and the radio paths from the
 electricity meter (where the comms hub sits) to the gas meter, the in-home
 display and the PPMID: distance, internal and external walls, floors, a
 metal meter cabinet.  Each path's median loss is the ITU-R P.1238 indoor
-model with the multi-wall terms (:func:`rig.sim.propagation.path_loss_db`,
+model with the multi-wall terms (:func:`rig.propagation.path_loss_db`,
 the same formula as the simulated HAN, with the library's own per-band
 values) plus the external walls; premises of a type scatter around that
 median log-normally (shadowing and the spread of house sizes).
@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from . import yamlpos
 from .config import Premises
-from .sim.propagation import path_loss_db
+from .propagation import path_loss_db
 
 BUILTIN = "builtin"
 Band = Literal["2.4GHz", "868MHz"]
@@ -279,7 +279,7 @@ def study(library: PropertyLibrary, band: str, max_path_loss_db: float, extra_lo
             link_losses={k: round(v, 2) for k, v in losses.items()},
             link_shares={k: _phi(v) for k, v in z.items()}, sigma_db=round(sigma, 2),
         ))
-    pub = library.published.get(band)  # type: ignore[call-overload]
+    pub = library.published.get(band)
     return BandStudy(band, max_path_loss_db, rho, results, pub.share if pub else None, pub.source if pub else "")
 
 

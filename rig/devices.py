@@ -22,7 +22,8 @@ operations (docs/devices.md lists them) and raises
 :class:`rig.bus.CommandError` with the device's reason when it refuses.
 
 Waits take lab seconds (and last at least two wall seconds, as bus
-requests do) and raise ``TimeoutError`` naming what did not happen.  For events, pass ``since=`` a lab time taken *before* the action
+requests do) and raise ``TimeoutError`` naming what did not happen.  For
+events, pass ``since=`` a lab time taken *before* the action
 (``t0 = bench.clock.now()``): events are kept from the moment the handle
 was first used.
 
@@ -34,27 +35,24 @@ runs, because every suite takes it before touching a bench.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .bus import MIN_WALL_TIMEOUT, CommandError
+from .bench_port import BenchPort
+from .bus import MIN_WALL_TIMEOUT, CommandError, Watch
 from .config import UnknownPart
-from .contract import Node
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .bus import Watch
-    from .lab import Bench
+from .contract import han_node
 
 #: lab seconds a device op may take by default (a HAN round trip, retries included)
 DEFAULT_TIMEOUT = 30.0
 
 
-def _at_least(bench: "Bench", timeout: float) -> float:
+def _at_least(bench: BenchPort, timeout: float) -> float:
     """A wait on the bus lasts at least MIN_WALL_TIMEOUT wall seconds, whatever
     the clock scale: message delivery does not speed up in a simulation."""
     return max(timeout, bench.clock.lab_seconds(MIN_WALL_TIMEOUT))
 
 
-def _events_of(watch: "Watch", name: str | None, since: float | None) -> list[dict[str, Any]]:
+def _events_of(watch: Watch, name: str | None, since: float | None) -> list[dict[str, Any]]:
     with watch.cond:
         history = list(watch.history)
     out = []
@@ -66,10 +64,16 @@ def _events_of(watch: "Watch", name: str | None, since: float | None) -> list[di
     return out
 
 
-class DeviceHandle:
-    """Any device under test: its state, presence, events and operations."""
+def han_up(state: dict[str, Any]) -> bool:
+    """Whether a device's reported state has it on the HAN: a link up on any band."""
+    return any(isinstance(link, dict) and link.get("up") for link in (state.get("han") or {}).values())
 
-    def __init__(self, bench: "Bench", name: str):
+
+class DeviceHandle:
+    """Any device under test: its state, presence, events and operations.
+    A kind's handle class is named by its declaration (rig/parts.py)."""
+
+    def __init__(self, bench: BenchPort, name: str):
         cfg = bench.cfg.devices.get(name)
         if cfg is None:
             raise UnknownPart(f"bench {bench.name} has no device '{name}'; devices: "
@@ -98,6 +102,11 @@ class DeviceHandle:
     def han(self) -> dict[str, dict[str, Any]]:
         """Link quality per band: ``{"2.4GHz": {"rssi", "lqi", "per", "up"}}``."""
         return self.state.get("han") or {}
+
+    @property
+    def on_han(self) -> bool:
+        """A HAN link up on any band, as the device reports it (:func:`han_up`)."""
+        return han_up(self.state)
 
     @property
     def summary(self) -> str:
@@ -136,7 +145,7 @@ class DeviceHandle:
         if not got:
             raise TimeoutError(f"{self.bench.name}/{self.name}: no '{name}' event"
                                f"{' matching the condition' if predicate else ''} within {timeout:g} lab s")
-        return got  # type: ignore[return-value]
+        return got
 
     def status(self) -> dict[str, Any]:
         """The device's full state, asked for now (not the retained copy)."""
@@ -254,7 +263,11 @@ class CommsHubHandle(DeviceHandle):
         except CommandError as exc:
             if exc.code != "unknown_op":
                 raise
-        return device(self.bench, peer).request("link_test", timeout=timeout, **args)
+        if peer not in self.bench.cfg.devices:
+            raise UnknownPart(f"bench {self.bench.name} has no device '{peer}'; devices: "
+                              f"{', '.join(self.bench.cfg.devices) or 'none'}")
+        return self.bench.request(self.bench.node("device", peer), "link_test",
+                                  {k: v for k, v in args.items() if v is not None}, timeout=timeout)
 
 
 class GsmeHandle(DeviceHandle):
@@ -275,16 +288,6 @@ class IhdHandle(DeviceHandle):
         return self.request("press", button=button)
 
 
-HANDLES: dict[str, type[DeviceHandle]] = {
-    "esme": EsmeHandle, "ppmid": PpmidHandle, "comms_hub": CommsHubHandle, "gsme": GsmeHandle, "ihd": IhdHandle,
-}
-
-
-def DccHandle(bench: "Bench") -> Any:  # noqa: N802 - the old name of the bench's head end
-    """The bench's head end (:mod:`rig.headend`), as lab.yaml declares it."""
-    return _dcc(bench)
-
-
 class HanTapHandle:
     """The bench's HAN tap: a sniffer's journal of the frames on the air, and
     an attacker's radio that replays, holds back or forges frames (safety
@@ -301,9 +304,9 @@ class HanTapHandle:
 
     PREPAYMENT, CHANGE_SUPPLY = 0x0705, 0x01
 
-    def __init__(self, bench: "Bench"):
+    def __init__(self, bench: BenchPort):
         self.bench = bench
-        self.node = bench.node("han", "medium")
+        self.node = han_node(bench.name)
         self._presence = bench.watch(self.node.presence)
 
     @property
@@ -342,37 +345,3 @@ class HanTapHandle:
                                                            if v is not None}, timeout=DEFAULT_TIMEOUT + frames * 0.5)
 
 
-# ---------------------------------------------------------------------------- bench members
-def device(bench: "Bench", name: str) -> DeviceHandle:
-    """``bench.device(name)``: the handle of any device of the bench."""
-    cfg = bench.cfg.devices.get(name)
-    cls = HANDLES.get(cfg.kind, DeviceHandle) if cfg is not None else DeviceHandle
-    return bench.handle(("device", name), lambda: cls(bench, name))
-
-
-def _of_kind(bench: "Bench", kind: str) -> Any:
-    if kind == "esme" and bench.cfg.wiring.meter:
-        return device(bench, bench.cfg.wiring.meter)
-    names = [n for n, d in bench.cfg.devices.items() if d.kind == kind]
-    if not names:
-        raise UnknownPart(f"bench {bench.name} has no {kind}; devices: {', '.join(bench.cfg.devices) or 'none'}")
-    return device(bench, names[0])
-
-
-def _dcc(bench: "Bench") -> Any:
-    """The bench's head end (rig/headend): one per lab, kept across tests; the
-    bench that asks for it counts its operations as the lease holder's progress."""
-    he = bench.lab.head_end(bench.name)
-    he.on_progress = bench.progress
-    return he
-
-
-esme = property(lambda bench: _of_kind(bench, "esme"), doc="The electricity meter (the wiring's meter).")
-gsme = property(lambda bench: _of_kind(bench, "gsme"), doc="The gas meter.")
-comms_hub = property(lambda bench: _of_kind(bench, "comms_hub"), doc="The communications hub.")
-ppmid = property(lambda bench: _of_kind(bench, "ppmid"), doc="The (first) PPMID.")
-ihd = property(lambda bench: _of_kind(bench, "ihd"), doc="The (first) in-home display.")
-dcc = property(_dcc, doc="The head end (rig/headend: the simulated DCC, an HTTP head end, a plugin): remote "
-                         "commands and alerts.")
-han_tap = property(lambda bench: bench.handle(("han", "tap"), lambda: HanTapHandle(bench)),
-                   doc="The HAN tap: sniffer journal and injector (replay, delay, forge).")

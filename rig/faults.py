@@ -13,160 +13,182 @@ checks can fail.  The behaviour lives in the twins (``rig/sim/<kind>.py``,
 search for the profile's name); this module is the catalogue, importable
 without them.  :data:`BREAKS` says which requirement or safety property
 (``P1``..``P6``, REQUIREMENTS.md) each profile breaks.
+
+A profile is one entry of :data:`CATALOGUE` (what it does and what it
+breaks); its behaviour is a flag of its twin's ``Quirks`` (or a rule of
+``rig.supply.Rules``), and the checks that must fail against it name it
+(``@pytest.mark.detects``).  docs/extending.md walks through adding one.
 """
 
-FAULTS: dict[str, dict[str, str]] = {
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault profile: what the device does, and the requirement ids and
+    safety properties (P1..P6, REQUIREMENTS.md) that it breaks."""
+
+    doc: str
+    breaks: tuple[str, ...]
+
+
+#: every fault profile, declared once: device kind -> profile name -> Fault
+CATALOGUE: dict[str, dict[str, Fault]] = {
     "esme": {
         # supply logic (rig.supply.Rules)
-        "closes_on_remote_enable_when_armed":
+        "closes_on_remote_enable_when_armed": Fault(
             "closes the contactor on a remote enable while armed (any remote party), instead of refusing it",
-        "closes_on_remote_enable_when_disabled":
+            breaks=("SUP-2", "P2", "P3")),
+        "closes_on_remote_enable_when_disabled": Fault(
             "closes a disabled supply on a remote enable (what `remote_enable: closes` declares): nobody present",
-        "dno_enable_closes_armed":
+            breaks=("SUP-1", "SUP-2", "P1", "P3")),
+        "dno_enable_closes_armed": Fault(
             "closes the contactor on the network operator's remote enable while armed (the supplier's is refused)",
-        "reenables_after_mains_return":
+            breaks=("SUP-2", "P3")),
+        "reenables_after_mains_return": Fault(
             "comes back enabled (contactor closed) when mains returns, whatever its state before the outage",
-        "skips_arm":
+            breaks=("P5",)),
+        "skips_arm": Fault(
             "a local action (button or PPMID) enables a disabled supply that was never armed",
-        "dno_overridden_by_supplier":
+            breaks=("P1", "SUP-2")),
+        "dno_overridden_by_supplier": Fault(
             "a supplier arm/enable also lifts the network operator's disablement",
-        "supplier_overridden_by_dno":
+            breaks=("SUP-6",)),
+        "supplier_overridden_by_dno": Fault(
             "a network operator's arm/enable also lifts the supplier's (debt) disablement",
-        "credit_closes_supply":
+            breaks=("SUP-6",)),
+        "credit_closes_supply": Fault(
             "a top-up or emergency credit closes a credit-disabled supply instead of arming it",
-        "load_limit_restores_regardless":
+            breaks=("SUP-2", "SUP-8", "P2")),
+        "load_limit_restores_regardless": Fault(
             "the load-limit restoration closes the supply even if it was disabled or armed by a party since",
-        "accepts_cad_command":
-            "carries out Metering change_supply/local_change_supply sent by a HAN device (CAD): may close the contactor",
+            breaks=("SUP-9", "P2")),
+        "accepts_cad_command": Fault(
+            "carries out Metering change_supply/local_change_supply sent by a HAN device (CAD): may close the "
+            "contactor",
+            breaks=("HAN-6", "P3")),
         # the rest of the meter
-        "accepts_replayed_ppmid":
+        "accepts_replayed_ppmid": Fault(
             "no replay check on HAN frames: a recorded PPMID enable sent again is carried out",
-        "replay_window_resets_on_reboot":
+            breaks=("P4",)),
+        "replay_window_resets_on_reboot": Fault(
             "keeps the HAN frame counters in RAM: after a loss of mains a recorded PPMID enable is accepted again",
-        "accepts_forged_frames":
+            breaks=("P4",)),
+        "accepts_forged_frames": Fault(
             "no HAN security check: a PPMID enable forged without the link key is carried out",
-        "accepts_stale_ppmid":
+            breaks=("P4", "SEC-1")),
+        "accepts_stale_ppmid": Fault(
             "carries out a PPMID command however long ago it was pressed (ppmid_command_ttl ignored)",
-        "long_freshness_window":
+            breaks=("P4",)),
+        "long_freshness_window": Fault(
             "carries out PPMID commands up to 30 s old: longer than the 5 s enable bound",
-        "accepts_unpaired_ppmid":
+            breaks=("P4", "P2")),
+        "accepts_unpaired_ppmid": Fault(
             "carries out Prepayment commands (enable, emergency credit, top-up) from any HAN device",
-        "accepts_han_config_write":
+            breaks=("P4",)),
+        "accepts_han_config_write": Fault(
             "lets a HAN device (CAD/IHD) write its load-limit configuration",
-        "ignores_hold_time":
+            breaks=("HAN-6",)),
+        "ignores_hold_time": Fault(
             "its enable button enables on any hold after the prompt, however short",
-        "no_restore_alert":
+            breaks=("SUP-7",)),
+        "no_restore_alert": Fault(
             "logs the restoration but never sends the 0x8F35/0x8F36 restoration alert",
-        "late_restore_alert":
+            breaks=("OUT-3",)),
+        "late_restore_alert": Fault(
             "sends its restoration alert 60 s after mains returns",
-        "wrong_restore_code":
+            breaks=("OUT-3", "OUT-7")),
+        "wrong_restore_code": Fault(
             "sends 0x8F35 (short) for every restoration, outages of 3 minutes and more included",
-        "duplicate_alerts":
+            breaks=("OUT-3",)),
+        "duplicate_alerts": Fault(
             "sends every alert twice (two sequence numbers)",
-        "alert_storm":
+            breaks=("OUT-3", "OUT-7")),
+        "alert_storm": Fault(
             "sends a 'Supply interrupted' alert to the network operator on every interruption, flickers included",
-        "misses_flicker":
+            breaks=("OUT-4",)),
+        "misses_flicker": Fault(
             "neither logs nor alerts an interruption shorter than 5 s",
-        "utrn_reuse":
+            breaks=("OUT-1",)),
+        "utrn_reuse": Fault(
             "accepts the same UTRN more than once",
-        "reports_closed_when_open":
+            breaks=("SUP-5",)),
+        "reports_closed_when_open": Fault(
             "reports the contactor closed (and supply enabled) while the relay stays open",
-        "welded_contactor":
+            breaks=("P6",)),
+        "welded_contactor": Fault(
             "its contactor is welded shut: it reports open (disabled, armed) while the load side stays live",
-        "ignores_premises":
+            breaks=("P6", "SUP-1")),
+        "ignores_premises": Fault(
             "carries out remote commands addressed to another premises",
-        "no_power_quality_alerts":
+            breaks=("SUP-10",)),
+        "no_power_quality_alerts": Fault(
             "raises no voltage sag/swell alerts",
-        "register_runs_fast":
+            breaks=("OUT-6",)),
+        "register_runs_fast": Fault(
             "its energy register counts 3 % more than flows through it",
+            breaks=("DATA-2",)),
     },
     "comms_hub": {
-        "drops_outage_alerts":
+        "drops_outage_alerts": Fault(
             "sends no last gasp and does not forward the meter's restoration alerts (0x8F35/0x8F36)",
-        "no_reserve":
+            breaks=("OUT-2", "OUT-3", "OUT-5")),
+        "no_reserve": Fault(
             "has no power reserve: goes dark the instant mains is lost, before its last gasp can pass",
-        "no_outage_alert":
+            breaks=("OUT-5", "OUT-2")),
+        "no_outage_alert": Fault(
             "sends no last gasp on loss of mains, so no outage alert is ever raised",
-        "outage_alert_early":
+            breaks=("OUT-2",)),
+        "outage_alert_early": Fault(
             "its network raises the outage alert 15 s before the 3 minutes are up",
-        "outage_alert_late":
+            breaks=("OUT-2", "OUT-4")),
+        "outage_alert_late": Fault(
             "its network raises the outage alert 40 s after the 3 minutes are up",
+            breaks=("OUT-2", "OUT-7")),
     },
     "ppmid": {
-        "queues_presses":
+        "queues_presses": Fault(
             "keeps a press made while the HAN link is down and sends it, with its original press time, "
             "when the link returns",
-        "queues_presses_across_outage":
+            breaks=("P4",)),
+        "queues_presses_across_outage": Fault(
             "keeps a press the meter did not answer (the meter had no mains) and sends it, re-stamped as new, "
             "when the meter answers again",
-        "enables_without_hold":
+            breaks=("P4", "P2")),
+        "enables_without_hold": Fault(
             "a press of its enable button sends the enable: no hold needed",
-        "auto_enables_when_armed":
+            breaks=("SUP-7", "P2")),
+        "auto_enables_when_armed": Fault(
             "sends an enable by itself when its display shows the supply armed",
-        "slow_to_send":
+            breaks=("SUP-2", "P2")),
+        "slow_to_send": Fault(
             "sends the enable 8 s after the hold ends (stamped with the hold's time)",
-        "talks_past_the_hub":
+            breaks=("P2",)),
+        "talks_past_the_hub": Fault(
             "sends its frames for the meter straight to it, not through the comms hub (the coordinator)",
+            breaks=("HAN-2",)),
     },
     "gsme": {
-        "misses_mirror_sync":
+        "misses_mirror_sync": Fault(
             "skips every other push to the hub's gas mirror",
+            breaks=("HAN-7",)),
     },
     "ihd": {
-        "writes_configuration":
+        "writes_configuration": Fault(
             "writes the meter's load-limit threshold at every refresh",
-        "speaks_proprietary":
+            breaks=("HAN-6",)),
+        "speaks_proprietary": Fault(
             "sends a proprietary frame (not ZCL) to the meter at every refresh",
+            breaks=("HAN-1",)),
     },
 }
 
-#: what each profile breaks: requirement ids and safety properties (P1..P6)
-BREAKS: dict[str, tuple[str, ...]] = {
-    "closes_on_remote_enable_when_armed": ("SUP-2", "P2", "P3"),
-    "closes_on_remote_enable_when_disabled": ("SUP-1", "SUP-2", "P1", "P3"),
-    "dno_enable_closes_armed": ("SUP-2", "P3"),
-    "reenables_after_mains_return": ("P5",),
-    "skips_arm": ("P1", "SUP-2"),
-    "dno_overridden_by_supplier": ("SUP-6",),
-    "supplier_overridden_by_dno": ("SUP-6",),
-    "credit_closes_supply": ("SUP-2", "SUP-8", "P2"),
-    "load_limit_restores_regardless": ("SUP-9", "P2"),
-    "accepts_cad_command": ("HAN-6", "P3"),
-    "accepts_replayed_ppmid": ("P4",),
-    "replay_window_resets_on_reboot": ("P4",),
-    "accepts_forged_frames": ("P4", "SEC-1"),
-    "accepts_stale_ppmid": ("P4",),
-    "long_freshness_window": ("P4", "P2"),
-    "accepts_unpaired_ppmid": ("P4",),
-    "accepts_han_config_write": ("HAN-6",),
-    "ignores_hold_time": ("SUP-7",),
-    "no_restore_alert": ("OUT-3",),
-    "late_restore_alert": ("OUT-3", "OUT-7"),
-    "wrong_restore_code": ("OUT-3",),
-    "duplicate_alerts": ("OUT-3", "OUT-7"),
-    "alert_storm": ("OUT-4",),
-    "misses_flicker": ("OUT-1",),
-    "utrn_reuse": ("SUP-5",),
-    "reports_closed_when_open": ("P6",),
-    "welded_contactor": ("P6", "SUP-1"),
-    "ignores_premises": ("SUP-10",),
-    "no_power_quality_alerts": ("OUT-6",),
-    "register_runs_fast": ("DATA-2",),
-    "drops_outage_alerts": ("OUT-2", "OUT-3", "OUT-5"),
-    "no_reserve": ("OUT-5", "OUT-2"),
-    "no_outage_alert": ("OUT-2",),
-    "outage_alert_early": ("OUT-2", "OUT-4"),
-    "outage_alert_late": ("OUT-2", "OUT-7"),
-    "queues_presses": ("P4",),
-    "queues_presses_across_outage": ("P4", "P2"),
-    "enables_without_hold": ("SUP-7", "P2"),
-    "auto_enables_when_armed": ("SUP-2", "P2"),
-    "slow_to_send": ("P2",),
-    "talks_past_the_hub": ("HAN-2",),
-    "misses_mirror_sync": ("HAN-7",),
-    "writes_configuration": ("HAN-6",),
-    "speaks_proprietary": ("HAN-1",),
-}
+#: views of the catalogue: kind -> {profile: what it does}, and profile -> what it breaks
+FAULTS: dict[str, dict[str, str]] = {kind: {name: f.doc for name, f in faults.items()}
+                                     for kind, faults in CATALOGUE.items()}
+BREAKS: dict[str, tuple[str, ...]] = {name: f.breaks for faults in CATALOGUE.values() for name, f in faults.items()}
 
 
 def known_faults(kind: str) -> set[str]:

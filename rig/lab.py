@@ -12,6 +12,16 @@
 
 Everything here goes over the bus; nothing imports the agent or the
 simulated devices, so a script runs unchanged against a real bench.
+
+A bench's parts are its relays (``bench.relay(name)``), its instruments
+(``bench.instrument(name)``, and by kind: ``bench.ac_source``,
+``bench.load``, ``bench.analyser``, ``bench.attenuator(name)``,
+``bench.optical``; ``bench.mains`` is the AC source and the mains relay
+together) and its devices (``bench.device(name)``, ``bench.esme``,
+``bench.ppmid``, ``bench.comms_hub``, ``bench.gsme``, ``bench.ihd``), plus
+the head end (``bench.dcc``) and the HAN tap (``bench.han_tap``).  Each
+kind's handle class comes from its declaration (rig/parts.py), so a kind a
+lab adds is ``bench.instrument(name)`` or ``bench.of_kind(kind)`` at once.
 """
 
 from __future__ import annotations
@@ -22,16 +32,39 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from instruments.handles import (
+    AcSourceHandle,
+    AnalyserHandle,
+    AttenuatorHandle,
+    InstrumentHandle,
+    LoadHandle,
+    OpticalProbeHandle,
+)
+
+from . import parts
+from .actuator import ActuatorHandle
 from .broker import Endpoint, endpoint_for
 from .bus import MIN_WALL_TIMEOUT, Bus, BusError, CommandError, Watch, encode
 from .clock import ClockAnchor, LabClock
 from .config import LabConfig, UnknownPart, load_lab
-from .contract import LAB_CLOCK, ROOT, Heartbeat, Node, agent_node
+from .contract import LAB_CLOCK, ROOT, ErrorBody, Heartbeat, Node, agent_node
+from .devices import (
+    CommsHubHandle,
+    DeviceHandle,
+    EsmeHandle,
+    GsmeHandle,
+    HanTapHandle,
+    IhdHandle,
+    PpmidHandle,
+)
+from .headend import HeadEnd
 from .security import KeyExchange, command_fields, heartbeat_fields, mac, system_wall
+
+H = TypeVar("H")
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +130,78 @@ class RelayHandle:
         return f"<relay {self.bench.name}/{self.name}: {s.get('state') if s else 'unknown'}>"
 
 
-def _error(code: str, message: str):
-    from .contract import ErrorBody
-
+def _error(code: str, message: str) -> ErrorBody:
     return ErrorBody(code=code, message=message)
+
+
+class MainsHandle:
+    """The bench's mains as the wiring makes it: AC source, then mains relay.
+
+    ``on()`` switches the AC source output on and closes the mains relay;
+    ``off()`` opens the relay (the source stays on, as a grid would), or on
+    a bench with a supply and no relay switches the source's output off.
+    Both directions of ``off()`` are towards the safe state: no lease needed."""
+
+    def __init__(self, bench: Bench):
+        w = bench.cfg.wiring
+        if w.mains_relay is None and w.supply is None:
+            raise UnknownPart(f"bench {bench.name} has no mains: wiring names neither a mains_relay nor a supply")
+        self.bench, self.relay_name, self.supply_name = bench, w.mains_relay, w.supply
+
+    @property
+    def relay(self) -> RelayHandle | None:
+        return self.bench.relay(self.relay_name) if self.relay_name else None
+
+    @property
+    def supply(self) -> AcSourceHandle | None:
+        return self.bench.ac_source if self.supply_name else None
+
+    def on(self) -> None:
+        if self.supply is not None:
+            self.supply.on()
+        if self.relay is not None:
+            self.relay.on()
+
+    def off(self) -> None:
+        if self.relay is not None:
+            self.relay.off()
+        elif self.supply is not None:
+            self.supply.off()
+
+    @property
+    def is_on(self) -> bool:
+        relay_on = self.relay.is_on if self.relay is not None else True
+        return relay_on and (self.supply.is_on if self.supply is not None else True)
+
+    def __repr__(self) -> str:
+        return f"<mains {self.bench.name}: relay {self.relay_name}, supply {self.supply_name}>"
+
+
+class Attenuators(Mapping[str, AttenuatorHandle]):
+    """``bench.attenuators["attenuator_ppmid"]``: every attenuator of the bench."""
+
+    def __init__(self, bench: Bench):
+        self.bench = bench
+        self.names = [n for n, i in bench.cfg.instruments.items() if i.kind == "attenuator"]
+
+    def __getitem__(self, name: str) -> AttenuatorHandle:
+        if name not in self.names:
+            raise UnknownPart(f"bench {self.bench.name} has no attenuator '{name}'; attenuators: "
+                              f"{', '.join(self.names) or 'none'}")
+        return _as(self.bench.instrument(name), AttenuatorHandle)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _as(handle: Any, cls: type[H]) -> H:
+    """A handle of the class its accessor promises (a lab may declare a subclass)."""
+    if not isinstance(handle, cls):
+        raise TypeError(f"{handle!r} is a {type(handle).__name__}, not a {cls.__name__} (rig/parts.py)")
+    return handle
 
 
 class Bench:
@@ -165,7 +266,7 @@ class Bench:
     def prove(self, topic: str, cmd: dict[str, Any]) -> dict[str, str] | None:
         """The lease proof of a command (``Bus.request(lease=...)``)."""
         key, lease_id = self._key, self.lease_id
-        if key is None:
+        if key is None or lease_id is None:
             return None
         args = json.loads(encode(cmd.get("args") or {}))
         return {"id": lease_id, "mac": mac(key, *command_fields(topic, cmd["id"], cmd["sender"], cmd["expires"],
@@ -173,6 +274,8 @@ class Bench:
 
     def _heartbeat(self, interval: float) -> None:
         key, lease_id = self._key, self.lease_id
+        if key is None or lease_id is None:
+            return                         # acquire() starts this thread with both set
         while not self._hb_stop.wait(interval):
             self._hb_seq += 1
             seq, wall, progress = self._hb_seq, self.wall_source(), self._progress
@@ -242,7 +345,8 @@ class Bench:
     # ------------------------------------------------------------------ parts
     def relay(self, name: str) -> RelayHandle:
         if name not in self.cfg.relays:
-            raise UnknownPart(f"bench {self.name} has no relay '{name}'; relays: {', '.join(self.cfg.relays) or 'none'}")
+            raise UnknownPart(f"bench {self.name} has no relay '{name}'; relays: "
+                              f"{', '.join(self.cfg.relays) or 'none'}")
         if name not in self._relays:
             self._relays[name] = RelayHandle(self, name)
         return self._relays[name]
@@ -255,14 +359,125 @@ class Bench:
             self._handles[key] = make()
         return self._handles[key]
 
-    # --- instrument handles (instruments/handles.py): bench.mains, bench.load, bench.analyser, ...
-    from instruments.handles import ac_source, analyser, attenuator, attenuators, instrument, load, mains, optical  # noqa: E402,F401,I001
+    def instrument(self, name: str) -> InstrumentHandle:
+        """The handle of any instrument of the bench (its kind's handle class)."""
+        cfg = self.cfg.instruments.get(name)
+        cls = parts.instrument_kind(cfg.kind).load_handle() if cfg is not None else InstrumentHandle
+        return self.handle(("instrument", name), lambda: cls(self, name))
 
-    # --- device handles (rig/devices.py): bench.device(name), bench.esme, bench.ppmid, ...
-    from .devices import comms_hub, dcc, device, esme, gsme, han_tap, ihd, ppmid  # noqa: E402,F401,I001
+    def device(self, name: str) -> DeviceHandle:
+        """The handle of any device of the bench (its kind's handle class)."""
+        cfg = self.cfg.devices.get(name)
+        cls = parts.device_kind(cfg.kind).load_handle() if cfg is not None else DeviceHandle
+        return self.handle(("device", name), lambda: cls(self, name))
 
-    # --- the actuators on a device's buttons (rig/actuator.py): bench.actuator("esme").hold("enable", 2.5)
-    from .actuator import actuator  # noqa: E402,F401,I001
+    def of_kind(self, kind: str) -> Any:
+        """The bench's part of a kind: the one the lab.yaml ``wiring:`` names
+        for it, else the bench's only instrument of the kind (or its first
+        device of the kind).  UnknownPart when there is none (or, for an
+        instrument, several: name one with ``bench.instrument(name)``)."""
+        if kind in parts.device_kinds():
+            return self._device_of_kind(parts.device_kind(kind))
+        decl = parts.instrument_kind(kind)
+        wired = getattr(self.cfg.wiring, decl.wiring) if decl.wiring else None
+        if wired is not None:
+            return self.instrument(wired)
+        names = [n for n, i in self.cfg.instruments.items() if i.kind == kind]
+        if len(names) != 1:
+            raise UnknownPart(f"bench {self.name} has {len(names)} {kind} instruments ({', '.join(names) or 'none'}); "
+                              f"name one with bench.instrument(name)")
+        return self.instrument(names[0])
+
+    def _device_of_kind(self, decl: parts.DeviceKind) -> DeviceHandle:
+        wired = getattr(self.cfg.wiring, decl.wiring) if decl.wiring else None
+        if wired:
+            return self.device(wired)
+        names = [n for n, d in self.cfg.devices.items() if d.kind == decl.kind]
+        if not names:
+            raise UnknownPart(f"bench {self.name} has no {decl.kind}; devices: {', '.join(self.cfg.devices) or 'none'}")
+        return self.device(names[0])
+
+    # --- instruments by kind (instruments/handles.py)
+    @property
+    def mains(self) -> MainsHandle:
+        """The bench's mains: AC source and mains relay (MainsHandle)."""
+        return self.handle(("mains", ""), lambda: MainsHandle(self))
+
+    @property
+    def ac_source(self) -> AcSourceHandle:
+        """The AC source feeding the bench (the wiring's supply)."""
+        return _as(self.of_kind("ac_source"), AcSourceHandle)
+
+    @property
+    def load(self) -> LoadHandle:
+        """The load bank on the meter's load side (the wiring's load)."""
+        return _as(self.of_kind("load_bank"), LoadHandle)
+
+    @property
+    def analyser(self) -> AnalyserHandle:
+        """The power analyser on the load side (the wiring's analyser)."""
+        return _as(self.of_kind("power_analyser"), AnalyserHandle)
+
+    @property
+    def optical(self) -> OpticalProbeHandle:
+        """The optical probe on the meter."""
+        return _as(self.of_kind("optical_probe"), OpticalProbeHandle)
+
+    def attenuator(self, name: str | None = None) -> AttenuatorHandle:
+        """``bench.attenuator("attenuator_ppmid")`` (the name may be left out on
+        a bench with one attenuator)."""
+        return self.attenuators[name] if name is not None else _as(self.of_kind("attenuator"), AttenuatorHandle)
+
+    @property
+    def attenuators(self) -> Attenuators:
+        """Every attenuator of the bench, by name."""
+        return Attenuators(self)
+
+    # --- devices by kind (rig/devices.py)
+    @property
+    def esme(self) -> EsmeHandle:
+        """The electricity meter (the wiring's meter)."""
+        return _as(self.of_kind("esme"), EsmeHandle)
+
+    @property
+    def gsme(self) -> GsmeHandle:
+        """The gas meter."""
+        return _as(self.of_kind("gsme"), GsmeHandle)
+
+    @property
+    def comms_hub(self) -> CommsHubHandle:
+        """The communications hub."""
+        return _as(self.of_kind("comms_hub"), CommsHubHandle)
+
+    @property
+    def ppmid(self) -> PpmidHandle:
+        """The (first) PPMID."""
+        return _as(self.of_kind("ppmid"), PpmidHandle)
+
+    @property
+    def ihd(self) -> IhdHandle:
+        """The (first) in-home display."""
+        return _as(self.of_kind("ihd"), IhdHandle)
+
+    @property
+    def dcc(self) -> HeadEnd:
+        """The bench's head end as lab.yaml declares it (rig/headend: the simulated
+        DCC, an HTTP head end, a plugin): remote commands and the alerts that come
+        back.  One per lab, kept across tests; the bench that asks for it counts
+        its operations as the lease holder's progress."""
+        he = self.lab.head_end(self.name)
+        he.on_progress = self.progress
+        return he
+
+    @property
+    def han_tap(self) -> HanTapHandle:
+        """The HAN tap: sniffer journal and injector (replay, delay, forge)."""
+        return self.handle(("han", "tap"), lambda: HanTapHandle(self))
+
+    def actuator(self, device: str) -> ActuatorHandle:
+        """The actuators on a device's buttons (rig/actuator.py):
+        ``bench.actuator("esme").hold("enable", 2.5)``."""
+        return self.handle(("actuator", device), lambda: ActuatorHandle(self, device))
 
     def safe(self) -> list[str]:
         """Ask the agent to put every output in its safe state now."""
@@ -400,7 +615,7 @@ def snapshot(bus: Bus, bench: str | None = None, quiet: float = 0.3, limit: floa
     lock = threading.Lock()
 
     def on_msg(t: str, payload: Any) -> None:
-        if everything or "/state" in t or t.endswith("/presence") or t == LAB_CLOCK or "/_sim/" in t:
+        if everything or "/state" in t or t.endswith("/presence") or t == LAB_CLOCK:
             with lock:
                 seen[t] = payload
                 last[0] = time.monotonic()

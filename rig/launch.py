@@ -23,7 +23,7 @@ from .broker import Broker, Endpoint, endpoint_for, port_open
 from .bus import Bus
 from .clock import LabClock
 from .config import LabConfig
-from .contract import LAB_CLOCK, Node, agent_node
+from .contract import LAB_CLOCK, Node, agent_node, sim_node
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,6 @@ def bench_has_sim(cfg: LabConfig, bench: str) -> bool:
     return (any(i.simulated for i in b.instruments.values())
             or any(d.simulated for d in b.devices.values())
             or b.controller.pin_factory == "mock")
-
-
-def sim_node(bench: str) -> Node:
-    return Node(bench, "sim", "world")
 
 
 @dataclass
@@ -77,8 +73,9 @@ class LabUp:
     benches: list[str] | None = None
     lab_path: str | None = None
     broker: Broker | None = None
-    endpoint: Endpoint | None = None
-    clock: LabClock | None = None
+    #: set by start(): the broker's endpoint and the lab clock the children share
+    endpoint: Endpoint = field(init=False)
+    clock: LabClock = field(init=False)
     children: list[Child] = field(default_factory=list)
     bus: Bus | None = None
 
@@ -123,6 +120,7 @@ class LabUp:
 
     def wait_online(self, timeout: float) -> None:
         """Wait for every child's presence online; on failure show its log."""
+        assert self.bus is not None, "start() first"
         watches = {c.name: self.bus.watch(c.presence.presence) for c in self.children}
         deadline = time.monotonic() + timeout
         for child in self.children:
@@ -203,6 +201,16 @@ def child_clock(cfg: LabConfig, endpoint: Endpoint, role: str = "agent") -> LabC
         log.info("adopted the lab clock from the bus: x%g since %s", anchor.scale, anchor.wall)
         return LabClock(anchor=anchor)
     return clock
+
+
+def serve_simulated_bench(cfg: LabConfig, bench: str, endpoint: Endpoint) -> None:
+    """``rig sim``: serve one bench's simulated parts (physics, instruments,
+    device twins, HAN) until SIGTERM or Ctrl-C.  This launcher is the one
+    module outside rig/sim and instruments/sim that imports the simulation
+    (docs/architecture.md, "Layers"; tests/test_architecture.py)."""
+    from .sim.world import World
+
+    World(cfg, bench, endpoint, child_clock(cfg, endpoint, "sim")).run()
 
 
 def lab_is_up(cfg: LabConfig) -> bool:

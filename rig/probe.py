@@ -9,7 +9,7 @@ bus and nothing else:
   agent publishes it (every button released at rest);
 * each **instrument**: ``identify`` through the agent (``*IDN?``; for an
   optical probe the meter's identification message), checked against what
-  the declared driver's instrument says it is (``instruments.IDENTITIES``);
+  the declared driver's instrument says it is (its ``identity`` in rig/parts.py);
   a failure names the instrument and its address;
 * the **HAN tap** (``links``), the simulated world, each device with a
   node of its own (presence), a **zigpy radio** (its bridge's ``status``);
@@ -125,13 +125,14 @@ class Prober:
             missing = sorted(set(buttons) - served)
             pressed = sorted(b for b, v in (state.get("buttons") or {}).items() if v.get("pressed"))
             ok = not missing
-            detail = (f"{len(served)} button{'' if len(served) == 1 else 's'}" + (f", missing {', '.join(missing)}" if missing else "")
+            detail = (f"{len(served)} button{'' if len(served) == 1 else 's'}"
+                      + (f", missing {', '.join(missing)}" if missing else "")
                       + (f", pressed now: {', '.join(pressed)}" if pressed else ", all released"))
             self.row(f"{device} buttons", "actuators", where if len(where) < 60 else f"{len(buttons)} GPIO outputs",
                      ok, detail, t0)
 
     def instruments(self) -> None:
-        from instruments import IDENTITIES
+        from . import parts
 
         for name, ic in self.cfg.instruments.items():
             t0 = time.monotonic()
@@ -150,7 +151,7 @@ class Prober:
                 else:
                     self.row(name, kind, address, False, exc.reason, t0)
                 continue
-            pattern = IDENTITIES.get(ic.driver)
+            pattern = parts.instrument_kind(ic.kind).driver(ic.driver).identity
             if pattern and not re.search(pattern, identity or "", re.IGNORECASE):
                 self.row(name, kind, address, False, f"answers {identity!r}, not a {ic.driver} "
                          f"(expected /{pattern}/)", t0)

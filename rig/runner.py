@@ -15,7 +15,6 @@ short (``partial``).
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path

@@ -391,7 +391,8 @@ def run_selftest(lab_path: Path, bench: str | None = None, trials: int = 2, only
                 placement_problems.append(f"fault profile {fault}: no device of its kind for {', '.join(missing)} "
                                           f"on {bench}; not run")
                 continue
-            labs.append((fault, lab_text(base, bench, trials, placed), fault,
+            devices = {f: d for f, d in placed.items() if d is not None}
+            labs.append((fault, lab_text(base, bench, trials, devices), fault,
                          [c for c in checks.values() if fault in c.detects]))
         recorder.set_selftest({"faults": chosen, "partial": partial, "trials": trials, "bench": bench,
                                "checks": sorted(c.name for c in recorded.values()),
@@ -415,7 +416,8 @@ def run_selftest(lab_path: Path, bench: str | None = None, trials: int = 2, only
             good = sum(1 for k in res.ran if res.outcomes[k][0] == expected)
             colour = "green" if good == len(res.expected) and res.ran else "red"
             extra = f" (ran {len(res.ran)} of {len(res.expected)})" if len(res.ran) != len(res.expected) else ""
-            console.print(f"  {escape(res.label):<40} [{colour}]{good}/{len(res.ran)} checks {expected}{extra}[/{colour}]")
+            console.print(f"  {escape(res.label):<40} "
+                          f"[{colour}]{good}/{len(res.ran)} checks {expected}{extra}[/{colour}]")
 
         try:
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -476,7 +478,7 @@ def record_results(recorder, checks: dict[str, Check], results, cfg: LabConfig, 
             # one entry per safety property the check checks: the safety pack counts them per property
             entries = [ev.selftest(check.name, fault, verdict, expected, device=device,
                                    requirement=check.requirements, safety_property=prop, detail=reason)
-                       for prop in (check.safety or [None])]
+                       for prop in (list[int | None](check.safety) or [None])]
             entry = entries[0]
             if not entry["ok"]:
                 ok = False

@@ -50,7 +50,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from .alerts import AlertCode
 
@@ -141,7 +141,7 @@ class Rules:
     han_commands_switch: bool = False
 
     #: fault profile -> the rule it changes
-    FAULTS = {
+    FAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "closes_on_remote_enable_when_armed": {"remote_enable_closes_armed": frozenset(REMOTE_PARTIES)},
         "closes_on_remote_enable_when_disabled": {"remote_enable": "closes"},
         "dno_enable_closes_armed": {"remote_enable_closes_armed": frozenset({Party.DNO})},

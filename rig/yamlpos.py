@@ -9,11 +9,11 @@ which PyYAML would silently collapse, are an error here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 import re
 import stat
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
 
 import yaml
 
@@ -96,8 +96,12 @@ def _construct(node: yaml.Node, path: tuple, file: str, lines: dict[tuple, int],
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                raise YamlError(file, key_node.start_mark.line + 1, dotted(path), "YAML merge keys (<<) are not supported")
-            key = yaml.SafeLoader(" ").construct_object(key_node) if not isinstance(key_node, yaml.ScalarNode) else _scalar(key_node)
+                raise YamlError(file, key_node.start_mark.line + 1, dotted(path),
+                                "YAML merge keys (<<) are not supported")
+            if isinstance(key_node, yaml.ScalarNode):
+                key = _scalar(key_node)
+            else:
+                key = yaml.SafeLoader(" ").construct_object(key_node)
             if isinstance(key, (list, dict)):
                 raise YamlError(file, key_node.start_mark.line + 1, dotted(path), "a key must be a plain value")
             key = str(key) if not isinstance(key, (str, int)) else key
@@ -112,7 +116,7 @@ def _construct(node: yaml.Node, path: tuple, file: str, lines: dict[tuple, int],
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(item, path + (i,), file, lines, budget) for i, item in enumerate(node.value)]
-    return _scalar(node)
+    return _scalar(cast(yaml.ScalarNode, node))      # neither a mapping nor a sequence
 
 
 def _scalar(node: yaml.ScalarNode) -> Any:

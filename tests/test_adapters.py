@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rig.adapters import AdapterError, adapter_class, start_adapter
-from rig.config import EsmeConfig
+from rig.config import DeviceConfig
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(120)
 def _bridged_esme(cfg):
     bench = cfg.bench("bench-1")
     esme = bench.devices["esme"]
-    bench.devices["esme-z"] = EsmeConfig(kind="esme", id=esme.id, backend="zigpy", han={"band": "2.4GHz"},
+    bench.devices["esme-z"] = DeviceConfig(kind="esme", id=esme.id, backend="zigpy", han={"band": "2.4GHz"},
                                          adapter={"radio": "sim", "poll_period": 5})
 
 
@@ -49,7 +49,7 @@ def test_unknown_backend_and_missing_radio_package_are_one_line_errors():
 
 def test_sim_radio_needs_the_simulated_han(amqtt_broker, device_bench):
     sim = device_bench()
-    dev = EsmeConfig(kind="esme", id="00:0d:6f:00:00:00:00:01", backend="zigpy", adapter={"radio": "sim"})
+    dev = DeviceConfig(kind="esme", id="00:0d:6f:00:00:00:00:01", backend="zigpy", adapter={"radio": "sim"})
 
     class NoHan:
         lab, bench_name, endpoint, clock = sim.cfg, "bench-1", amqtt_broker, sim.clock
@@ -64,7 +64,7 @@ def test_optical_adapter_reads_registers_through_a_pty(device_bench, amqtt_broke
     esme = sim.part("Esme")
     port = port_mod.SimulatedOpticalPort("probe", "000d6f0000000001", esme.optical_registers).start()
     try:
-        dev = EsmeConfig(kind="esme", id="00:0d:6f:00:00:00:00:31", backend="optical",
+        dev = DeviceConfig(kind="esme", id="00:0d:6f:00:00:00:00:31", backend="optical",
                          adapter={"port": port.path, "poll_period": 600})
 
         class World:

@@ -343,10 +343,10 @@ def test_fault_accepts_stale_ppmid_is_caught(device_bench):
 
 
 def _with_second_ppmid(cfg):
-    from rig.config import PpmidConfig
+    from rig.config import DeviceConfig
 
     bench = cfg.bench("bench-1")
-    bench.devices["ppmid2"] = PpmidConfig(kind="ppmid", id="00:0d:6f:00:00:00:00:06", han={"band": "2.4GHz"},
+    bench.devices["ppmid2"] = DeviceConfig(kind="ppmid", id="00:0d:6f:00:00:00:00:06", han={"band": "2.4GHz"},
                                           settings={"paired_meter": "esme"})
 
 

@@ -124,7 +124,7 @@ def test_run_with_a_broker_records_identities_clock_and_traffic(amqtt_broker, tm
         env.update(EVIDENCE_BROKER=amqtt_broker.url)
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "test_lab.py", "-c", "pytest.ini", "--rootdir", str(tmp_path), "-q",
-             "-p", "no:cacheprovider", "-p", "fixtures.evidence", "--lab", "lab.yaml",
+             "-p", "no:cacheprovider", "-p", "rig_fixtures.evidence", "--lab", "lab.yaml",
              "--rig-broker", amqtt_broker.url, "--rig-run-dir", str(run_dir),
              "--rig-store", f"sqlite:///{tmp_path / 'h.sqlite'}"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

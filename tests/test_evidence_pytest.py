@@ -89,7 +89,7 @@ def run_pytest(tmp: Path, run_dir: Path | None, faults: str = "[]", env: dict | 
     lab = tmp / f"lab-{abs(hash(faults))}.yaml"
     lab.write_text(LAB.format(faults=faults))
     args = [sys.executable, "-m", "pytest", "test_suite.py", "-c", "pytest.ini", "--rootdir", str(tmp),
-            "-p", "no:cacheprovider", "-p", "fixtures.evidence", "--lab", str(lab), "-q", "-s"]
+            "-p", "no:cacheprovider", "-p", "rig_fixtures.evidence", "--lab", str(lab), "-q", "-s"]
     if run_dir is not None:
         args += ["--rig-run-dir", str(run_dir), "--junitxml", str(run_dir / "junit.xml"),
                  "--rig-store", f"sqlite:///{tmp / 'history.sqlite'}"]

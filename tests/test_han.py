@@ -8,9 +8,10 @@ import pytest
 
 from rig.clock import LabClock
 from rig.config import HanConfig, Premises, load_lab
-from rig.sim import propagation as prop
-from rig.sim import zcl
-from rig.sim.han import EventLoop, HanMedium, HanRadio
+from rig import propagation as prop
+from rig.protocol import zcl
+from rig.sim.event_loop import EventLoop
+from rig.sim.han import HanMedium, HanRadio
 
 from pathlib import Path
 

@@ -264,3 +264,33 @@ def test_cli_sets_queries_and_prints_refusals(sim_bench, cli):
     assert err.startswith("refused: ") and "the AC source ac_source output is off" in err
     code, _, err = cli("instrument", "bench-1", "nope", "query")
     assert code == 2 and "bench bench-1 has no instrument 'nope'" in err
+
+
+def test_mains_off_on_a_bench_with_a_supply_and_no_relay_switches_the_supply_off(amqtt_broker, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """`rig mains BENCH off` on a bench whose mains is its AC source alone: the
+    source's output goes off (it used to print "off" and do nothing)."""
+    from rig.agent import Agent
+    from rig.cli import main
+    from rig.clock import LabClock
+    from rig.config import load_lab
+    from rig.lab import Lab
+    from rig.sim.world import World
+
+    from conftest import LABS
+
+    path = tmp_path / "no-relay.yaml"
+    path.write_text((LABS / "instruments.yaml").read_text().replace("      mains_relay: mains\n", ""))
+    cfg = load_lab(path)
+    assert cfg.bench("bench-1").wiring.mains_relay is None
+    clock = LabClock(scale=cfg.lab.clock.scale)
+    monkeypatch.setenv("RIG_BROKER_URL", amqtt_broker.url)
+    with World(cfg, "bench-1", amqtt_broker, clock) as world, Agent(cfg, "bench-1", amqtt_broker, clock):
+        with Lab.open(cfg, endpoint=amqtt_broker) as lab:
+            bench = lab.bench("bench-1")             # this script holds the lease with the supply on
+            bench.mains.on()
+            assert world.physics.supply_voltage() > 0
+            main(["mains", "bench-1", "off", "--lab", str(path)])   # returns (exit 0) when done
+            assert "mains off" in capsys.readouterr().out
+            assert world.physics.supply_voltage() == 0.0
+            assert bench.ac_source.is_on is False

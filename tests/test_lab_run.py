@@ -289,7 +289,7 @@ def hosted_lab(tmp_path_factory):
     nothing of the orchestrator's but the broker's address."""
     from rig.broker import mosquitto_path
     from rig.contract import agent_node
-    from rig.launch import sim_node
+    from rig.contract import sim_node
 
     if mosquitto_path() is None:
         if os.environ.get("RIG_REQUIRE_MOSQUITTO") == "1":

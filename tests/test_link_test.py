@@ -8,7 +8,7 @@ import pytest
 
 from rig.bus import CommandError
 from rig.devices import CommsHubHandle
-from rig.sim import propagation as prop
+from rig import propagation as prop
 
 from test_adapters import _bridged_esme   # the meter seen through a zigpy bridge on the simulated medium
 

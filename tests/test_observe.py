@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rig.config import EsmeConfig
+from rig.config import DeviceConfig
 from rig.suites.observe import Meter, link_test, link_up
 
 pytestmark = pytest.mark.timeout(180)
@@ -48,8 +48,8 @@ def test_the_meters_optical_port_gives_its_supply_and_its_logbook(device_bench):
 def _bridged_esme(cfg):
     bench = cfg.bench("bench-1")
     esme = bench.devices["esme"]
-    bench.devices["esme-z"] = EsmeConfig(kind="esme", id=esme.id, backend="zigpy", han={"band": "2.4GHz"},
-                                         adapter={"radio": "sim", "poll_period": 5})
+    bench.devices["esme-z"] = DeviceConfig(kind="esme", id=esme.id, backend="zigpy", han={"band": "2.4GHz"},
+                                           adapter={"radio": "sim", "poll_period": 5})
 
 
 def test_a_bridged_meter_is_read_through_its_zigpy_bridge(device_bench):

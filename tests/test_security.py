@@ -50,6 +50,7 @@ class Recorder:
         self.messages: list[tuple[str, object]] = []
         self.cond = threading.Condition()
         bus.subscribe(topic_filter, self._on)
+        assert bus.wait_subscribed(10.0), f"the broker did not acknowledge the subscription to {topic_filter}"
 
     def _on(self, topic, payload):
         with self.cond:

@@ -27,68 +27,33 @@ when stopped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
 
-from rig.sim.physics import PhysicalBench
+from rig import parts
+from rig.sim.bench import SimBench
 
-from .ac_source import SimulatedChroma61500
-from .attenuator import SimulatedKeysight11713, SimulatedRCDAT
 from .base import SimulatedInstrument
-from .load_bank import SimulatedChroma63800
-from .optical_port import SimulatedOpticalPort, physics_registers
-from .power_analyser import SimulatedWT310
 
 log = logging.getLogger(__name__)
 
 
-def _wired_physics(world: Any, name: str, role: str) -> PhysicalBench:
-    """The bench physics if the wiring connects this instrument in ``role``,
-    else a physics of its own (on the bench, connected to nothing)."""
-    return world.physics if getattr(world.cfg.wiring, role) == name else PhysicalBench(world.clock)
-
-
-def _meter_id(world: Any, probe: str | None = None) -> str:
-    cfg = world.cfg
-    inst = cfg.instruments.get(probe or "")
-    meter = (inst.device if inst is not None else None) or cfg.wiring.meter or cfg.device_of_kind("esme")
-    dev = cfg.devices.get(meter) if meter else None
-    return dev.id.replace(":", "") if dev is not None else "0000000000000000"
-
-
-def _optical(world: Any, name: str) -> SimulatedOpticalPort:
-    meter_id = _meter_id(world, name)
-    return SimulatedOpticalPort(name, meter_id, physics_registers(world.physics, meter_id))
-
-
-TWINS: dict[str, Callable[[Any, str], SimulatedInstrument]] = {
-    "chroma_61500": lambda w, n: SimulatedChroma61500(n, _wired_physics(w, n, "supply")),
-    "chroma_63800": lambda w, n: SimulatedChroma63800(n, _wired_physics(w, n, "load")),
-    "yokogawa_wt310": lambda w, n: SimulatedWT310(n, _wired_physics(w, n, "analyser")),
-    "minicircuits_rcdat": lambda w, n: SimulatedRCDAT(n, w.physics),
-    "keysight_11713": lambda w, n: SimulatedKeysight11713(n, w.physics),
-    "iec62056_21": _optical,
-}
-
-
-def start_simulated_instruments(world: Any) -> list[SimulatedInstrument]:
+def start_simulated_instruments(world: SimBench) -> list[SimulatedInstrument]:
     """Start and announce the twin of every ``address: sim`` instrument of the
     world's bench; returns them (each has ``.stop()``)."""
-    parts: list[SimulatedInstrument] = []
+    parts_started: list[SimulatedInstrument] = []
     try:
         for name, cfg in world.cfg.instruments.items():
             if not cfg.simulated:
                 continue
-            make = TWINS.get(cfg.driver)
-            if make is None:
+            twin = parts.instrument_kind(cfg.kind).driver(cfg.driver).load_twin()
+            if twin is None:
                 raise LookupError(f"instrument {name}: driver {cfg.driver} has no simulated twin; "
                                   f"give it a real address in lab.yaml")
-            part = make(world, name).start()
-            parts.append(part)
+            part = twin.on_bench(world, name).start()
+            parts_started.append(part)
             part.announce(world.bus, world.bench_name)
             log.info("simulated %s %s at %s", cfg.kind, name, part.address)
     except BaseException:
-        for part in reversed(parts):
+        for part in reversed(parts_started):
             part.stop()
         raise
-    return parts
+    return parts_started

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from rig.sim.physics import PhysicalBench
 
+from ..ac_source import Chroma61500
 from .base import SimulatedScpiInstrument
 from .scpi import Call, ScpiError
 
@@ -25,8 +26,9 @@ def _onoff(state: bool) -> str:
 
 class SimulatedChroma61500(SimulatedScpiInstrument):
     identity = "Chroma ATE,61505,SIM00001,1.00"
-    VOLTAGE = (0.0, 300.0)
-    FREQUENCY = (15.0, 1000.0)
+    #: the source's ratings, as the driver declares them
+    VOLTAGE = Chroma61500.voltage.span
+    FREQUENCY = Chroma61500.frequency.span
 
     def __init__(self, name: str, physics: PhysicalBench):
         super().__init__(name)

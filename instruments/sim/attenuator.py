@@ -15,8 +15,11 @@ intermediate setting is visible to the HAN medium, as on the real one).
 
 from __future__ import annotations
 
+import functools
+
 from rig.sim.physics import PhysicalBench
 
+from ..attenuator import Keysight11713, MiniCircuitsRCDAT
 from .base import SimulatedScpiInstrument
 from .scpi import Call, ScpiError
 
@@ -24,8 +27,8 @@ from .scpi import Call, ScpiError
 class SimulatedRCDAT(SimulatedScpiInstrument):
     MODEL = "RCDAT-6000-110"
     SERIAL = "11900000001"
-    MAX_DB = 110.0
-    STEP = 0.25
+    MAX_DB = 110.0                                                 # the -110 of its model name
+    STEP = float(MiniCircuitsRCDAT.attenuation.resolution or 0.25)  # as the driver declares it
     identity = f"Mini-Circuits,{MODEL},{SERIAL}"
 
     def __init__(self, name: str, physics: PhysicalBench):
@@ -54,7 +57,7 @@ class SimulatedRCDAT(SimulatedScpiInstrument):
 
 class SimulatedKeysight11713(SimulatedScpiInstrument):
     identity = "Agilent Technologies,11713C,SIM00004,1.0"
-    X_MAX, Y_MAX, Y_STEP = 11, 70, 10
+    X_MAX, Y_MAX, Y_STEP = Keysight11713.X_MAX, Keysight11713.Y_MAX, Keysight11713.Y_STEP
 
     def __init__(self, name: str, physics: PhysicalBench):
         super().__init__(name)
@@ -63,8 +66,11 @@ class SimulatedKeysight11713(SimulatedScpiInstrument):
         y = min(self.Y_MAX, (total // self.Y_STEP) * self.Y_STEP)
         self.sections = {1: {"X": min(self.X_MAX, total - y), "Y": y}, 2: {"X": 0, "Y": 0}}
         for section in ("X", "Y"):
-            self.add(f":ATTenuator:BANK#:{section}", lambda c, s=section: self._set(c, s))
-            self.add(f":ATTenuator:BANK#:{section}?", lambda c, s=section: str(self._bank(c)[s]))
+            self.add(f":ATTenuator:BANK#:{section}", functools.partial(self._set, section=section))
+            self.add(f":ATTenuator:BANK#:{section}?", functools.partial(self._get, section=section))
+
+    def _get(self, call: Call, section: str) -> str:
+        return str(self._bank(call)[section])
 
     def _bank(self, call: Call) -> dict[str, int]:
         bank = self.sections.get(call.nums[0])

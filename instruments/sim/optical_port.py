@@ -32,6 +32,7 @@ import time
 import tty
 from collections.abc import Callable
 
+from rig.sim.bench import SimBench
 from rig.sim.physics import PhysicalBench
 
 from ..optical_probe import ACK, BAUD_RATES, data_message
@@ -73,6 +74,17 @@ class SimulatedOpticalPort(SimulatedInstrument):
 
     MANUFACTURER = "RIG"
     BAUD_CHAR = "5"          # offers 9600 baud
+
+    @classmethod
+    def on_bench(cls, world: SimBench, name: str) -> SimulatedOpticalPort:
+        """The optical port of the meter the probe is on (its ``device:``, else
+        the wiring's meter, else the bench's only ESME)."""
+        cfg = world.cfg
+        inst = cfg.instruments.get(name)
+        meter = (inst.device if inst is not None else None) or cfg.wiring.meter or cfg.device_of_kind("esme")
+        dev = cfg.devices.get(meter) if meter else None
+        meter_id = dev.id.replace(":", "") if dev is not None else "0000000000000000"
+        return cls(name, meter_id, physics_registers(world.physics, meter_id))
 
     def __init__(self, name: str, meter_id: str, provider: Callable[[], Registers]):
         super().__init__(name)

@@ -71,6 +71,7 @@ class _Node:
         text, digits = got.upper(), ""
         if self.numbered:
             m = re.fullmatch(r"(.*?)(\d*)", text)
+            assert m is not None          # the pattern matches every string
             text, digits = m.group(1), m.group(2)
         return digits if text in (self.short, self.long) else None
 
@@ -78,7 +79,8 @@ class _Node:
 def _nodes(pattern: str) -> list[_Node]:
     nodes = []
     for opt, name, num in re.findall(r"(\[)?:?([*A-Za-z]+)(#)?\]?", pattern):
-        short = name if name.startswith("*") else (re.match(r"[A-Z]*", name).group(0) or name)
+        capitals = re.match(r"[A-Z]*", name)
+        short = name if name.startswith("*") else ((capitals.group(0) if capitals else "") or name)
         nodes.append(_Node(short.upper(), name.upper(), bool(opt), bool(num)))
     return nodes
 

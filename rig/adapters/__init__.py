@@ -17,6 +17,8 @@ adapter can carry out.  A rig script cannot tell an adapter from a twin::
         backend: optical                # an IEC 62056-21 probe on its optical port
         adapter: {port: /dev/ttyUSB1, poll_period: 60}
 
+Each backend is declared once, in rig/parts.py (:class:`rig.parts.DeviceBackend`):
+
 =========  =====================================  ==============================================
 backend    adapter                                 what it offers on the bus
 =========  =====================================  ==============================================
@@ -35,10 +37,7 @@ from __future__ import annotations
 
 from typing import Any
 
-ADAPTERS: dict[str, str] = {
-    "zigpy": "rig.adapters.zigpy_bridge:HanBridge",
-    "optical": "rig.adapters.optical:OpticalAdapter",
-}
+from .. import parts
 
 
 class AdapterError(RuntimeError):
@@ -46,13 +45,11 @@ class AdapterError(RuntimeError):
 
 
 def adapter_class(backend: str, device: str = "") -> Any:
-    target = ADAPTERS.get(backend)
-    if target is None:
-        raise AdapterError(f"device {device}: unknown backend '{backend}'; backends: sim, {', '.join(ADAPTERS)}")
-    module, cls = target.split(":")
-    import importlib
-
-    return getattr(importlib.import_module(module), cls)
+    """The adapter class of a lab.yaml ``backend:`` (each backend is declared once, in rig/parts.py)."""
+    try:
+        return parts.device_backend(backend).load()
+    except parts.UnknownKind as exc:
+        raise AdapterError(f"device {device}: {exc}") from None
 
 
 def start_adapter(world: Any, name: str, device: Any, medium: Any = None) -> Any:

@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         for name, dev in real.items():
-            started.append(adapter_class(dev.backend, name)(cfg, args.bench, name, dev,
-                                                           endpoint.for_role("device", args.bench, name), clock).start())
+            adapter = adapter_class(dev.backend, name)
+            started.append(adapter(cfg, args.bench, name, dev, endpoint.for_role("device", args.bench, name),
+                                   clock).start())
         stop.wait()
     except AdapterError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,7 +5,7 @@ on the lab's test HAN with the device joined to it.  The bridge
 
 * reads the device's Smart Energy Metering (and, for an ESME, Prepayment)
   attributes every ``poll_period`` lab seconds, with ZCL frames built and
-  parsed by zigpy (:mod:`rig.sim.zcl`), and publishes them as the device's
+  parsed by zigpy (:mod:`rig.protocol.zcl`), and publishes them as the device's
   retained ``state`` (``supply``, ``metrology``, ``prepayment``);
 * publishes the RSSI and LQI of **every packet** the radio receives from
   the device on ``event/packet``, and the link in ``state.han``;
@@ -52,14 +52,15 @@ import logging
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
 from ..bus import Bus, CommandContext, Refused
 from ..contract import Node
-from ..sim import zcl
+from ..protocol import zcl
 from . import AdapterError
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,26 @@ def application_class(radio: str, device: str) -> type:
 def _nwk_for(eui: str) -> int:
     """A stable NWK short address for a device on the simulated medium."""
     return 0x0001 + int.from_bytes(hashlib.sha256(eui.encode()).digest()[:2], "big") % 0xFFF0
+
+
+class MediumRadio(Protocol):
+    """A radio on the bench's simulated HAN, as the bridge uses it."""
+
+    on_frame: Callable[[Any], None] | None
+
+    def send(self, dst: str, cluster_id: int, zcl: bytes, done: Callable[[bool], None] | None = None) -> Any: ...
+
+    def stop(self) -> None: ...
+
+
+class SimulatedMedium(Protocol):
+    """``radio: sim``: the bench's simulated HAN as the bridge joins it
+    (:class:`rig.sim.simulated_han.SimulatedHan`, handed over by the simulated
+    world; the bridge never imports the simulation)."""
+
+    def open_radio(self, name: str, eui64: str, band: str, poll_period: float | None = 7.5) -> MediumRadio: ...
+
+    def radio_name(self, eui64: str, besides: object = None) -> str | None: ...
 
 
 # ----------------------------------------------------------------------------- zigpy applications
@@ -151,9 +172,12 @@ def medium_application_class() -> type:
                 raise zigpy.exceptions.DeliveryError(f"no device 0x{int(packet.dst.address):04X} on the medium")
             loop = asyncio.get_running_loop()
             acked: asyncio.Future = loop.create_future()
+            def settle(ok: bool) -> None:
+                if not acked.done():
+                    acked.set_result(ok)
+
             self.rig_radio.send(name, packet.cluster_id, packet.data.serialize(),
-                                done=lambda ok: loop.call_soon_threadsafe(
-                                    lambda: acked.done() or acked.set_result(ok)))
+                                done=lambda ok: loop.call_soon_threadsafe(settle, ok))
             if not await acked:
                 raise zigpy.exceptions.DeliveryError(f"{name} did not acknowledge (HAN link down?)")
 
@@ -203,7 +227,7 @@ class HanBridge:
     """One real device on the bus through a zigpy radio."""
 
     def __init__(self, lab: Any, bench: str, name: str, device: Any, endpoint: Any, clock: Any,
-                 medium: Any = None):
+                 medium: SimulatedMedium | None = None):
         self.lab, self.bench, self.name, self.cfg = lab, bench, name, device
         self.clock = clock
         opts = dict(device.adapter)
@@ -212,6 +236,7 @@ class HanBridge:
         self.band = str(opts.get("band") or ("868MHz" if device.han.band == "868MHz" else "2.4GHz"))
         self.opts = opts
         self.medium = medium
+        self._sim_radio: MediumRadio | None = None
         self.node = Node(bench, "device", name)
         self.bus = Bus(endpoint, client_id=f"zigpy-{bench}-{name}-{uuid.uuid4().hex[:6]}", clock=clock,
                        presence=self.node, presence_info={"kind": device.kind})
@@ -253,8 +278,8 @@ class HanBridge:
         import zigpy.types as t
 
         base = application_class(self.radio_kind, self.name)
-        mixed = type(f"Bridged{base.__name__}", (BridgeMixin, base), {})
-        config = {conf.CONF_DEVICE: {conf.CONF_DEVICE_PATH: str(self.opts.get("path", "sim://medium"))},
+        mixed: Any = type(f"Bridged{base.__name__}", (BridgeMixin, base), {})
+        config: dict[str, Any] = {conf.CONF_DEVICE: {conf.CONF_DEVICE_PATH: str(self.opts.get("path", "sim://medium"))},
                   conf.CONF_DATABASE: self.opts.get("database")}
         if "baudrate" in self.opts:
             config[conf.CONF_DEVICE][conf.CONF_DEVICE_BAUDRATE] = int(self.opts["baudrate"])
@@ -263,14 +288,9 @@ class HanBridge:
             if self.medium is None:
                 raise AdapterError(f"device {self.name}: adapter.radio 'sim' needs the bench's simulated HAN "
                                    "(run it inside `rig sim`)")
-            from ..sim.han import HanRadio
-
-            radio = HanRadio(f"{self.name}-zigpy", _bridge_eui(self.cfg.id), self.band, self.medium.loop, self.clock,
-                             poll_period=7.5)
-            self.medium.medium.attach(radio)
-            radio.start()
-            target = next((r.name for r in self.medium.medium.radios.values()
-                           if r.eui64 == self.cfg.id and r is not radio), None)
+            radio = self.medium.open_radio(f"{self.name}-zigpy", _bridge_eui(self.cfg.id), self.band, poll_period=7.5)
+            self._sim_radio = radio
+            target = self.medium.radio_name(self.cfg.id, besides=radio)
             if target is None:
                 raise AdapterError(f"device {self.name}: no device {self.cfg.id} on the simulated HAN")
             app = mixed(config)
@@ -282,7 +302,6 @@ class HanBridge:
             app.state.node_info.nwk = t.NWK(0x0000)
             app.state.node_info.ieee = t.EUI64.convert(_bridge_eui(self.cfg.id))
             device = app.add_device(ieee, nwk)
-            self._sim_radio = radio
         else:
             try:
                 app = await mixed.new(config, auto_form=False, start_radio=True)
@@ -303,7 +322,7 @@ class HanBridge:
                 asyncio.run_coroutine_threadsafe(self.app.disconnect(), self._loop).result(10)
         except Exception:  # noqa: BLE001 - stopping must finish
             log.exception("%s: disconnecting the radio", self.name)
-        if getattr(self, "_sim_radio", None) is not None:
+        if self._sim_radio is not None:
             self._sim_radio.stop()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self.bus.close()
@@ -329,7 +348,7 @@ class HanBridge:
             fut.set_result(data)
         return True
 
-    async def _read(self, cluster: type, names: list[str], timeout: float = READ_TIMEOUT) -> dict[str, Any]:
+    async def _read(self, cluster: Any, names: list[str], timeout: float = READ_TIMEOUT) -> dict[str, Any]:
         tsn = self.app.get_sequence()
         frame = zcl.read_attributes(cluster, names, tsn=tsn)
         fut = self._loop.create_future()

@@ -26,11 +26,11 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..broker import Endpoint
 from ..bus import Bus
-from ..clock import ClockAnchor, LabClock
+from ..clock import LabClock
 from ..contract import ROOT
 
 #: everything under the contract's root that the capture's user may read: as
@@ -53,7 +53,7 @@ class BusCapture:
         self._cond = threading.Condition(self._lock)
         self._marker = f"{ROOT}/_capture/{self.bus.client_id}/drained"
         self._drained = threading.Event()
-        self._file = None
+        self._file: TextIO | None = None
         self._listeners: list[Callable[[str, Any], None]] = []
 
     def start(self, adopt_clock_within: float | None = 0.5) -> "BusCapture":
@@ -151,7 +151,3 @@ def read_capture(path: Path, topic_filter: str | None = None) -> Iterator[dict[s
             if topic_filter is None or mqtt.topic_matches_sub(topic_filter, msg.get("topic", "")):
                 yield msg
 
-
-def anchor_of(clock: LabClock) -> dict[str, Any]:
-    a: ClockAnchor = clock.anchor
-    return {"scale": a.scale, "anchor_wall": a.wall}

@@ -20,8 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..contract import ROOT
+from ..version import __version__
 
 #: distributions whose versions go into every record
 KEY_PACKAGES = ("smartmeter-rig", "paho-mqtt", "amqtt", "pydantic", "pyyaml", "pyvisa", "pyvisa-py", "pyserial",
@@ -39,7 +39,7 @@ def _git(args: list[str], cwd: Path) -> str | None:
 def software() -> dict[str, Any]:
     """rig, Python, platform, key packages, and the rig's git commit when it
     runs from a checkout (``dirty`` if it has uncommitted changes)."""
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in KEY_PACKAGES:
         try:
             packages[name] = metadata.version(name)

@@ -110,8 +110,9 @@ def coverage(measurements: list[Measurement]) -> str | None:
             continue
         band = str(a.get("band", "?"))
         table[str(a.get("property_type", "all"))][band] = v
-        if _number(a.get("published")) is not None:
-            published[band] = _number(a.get("published"))
+        share = _number(a.get("published"))
+        if share is not None:
+            published[band] = share
     types = sorted(table)
     bands = sorted({b for row in table.values() for b in row})
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(types) + 2), 3.4))

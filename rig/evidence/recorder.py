@@ -29,7 +29,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..clock import ENV_VAR, LabClock
 from . import CAPTURE_FILE, JOURNAL_FILE, JUNIT_FILE, LAB_FILE, LOG_DIR, RECORD_FILE
@@ -37,6 +37,11 @@ from .inventory import configured_hardware, from_bus, lab_section, software, sui
 from .measurement import TestEvidence
 from .record import RecordWriter, clean
 from .store import redact
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import LabConfig
+    from .capture import BusCapture
+    from .store import ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +96,24 @@ class RunRecorder:
             self.clock, self.clock_source = LabClock.from_env(), "env"
         else:
             self.clock, self.clock_source = LabClock(scale=1.0), "wall"
-        self.cfg = None
+        self.cfg: LabConfig | None = None
         self.writer: RecordWriter | None = None
-        self.capture = None
-        self.store = None
+        self.capture: BusCapture | None = None
+        self.store: ResultsStore | None = None
         self.store_error: str | None = None
         self._log_handler: logging.Handler | None = None
         self._lock = threading.Lock()
 
+    @property
+    def _writer(self) -> RecordWriter:
+        """The record writer of a started recorder."""
+        if self.writer is None:
+            raise RuntimeError(f"the recorder of {self.run_dir} is not started")
+        return self.writer
+
     # ------------------------------------------------------------------ start
     def start(self) -> "RunRecorder":
         from ..config import ConfigError, load_lab
-
         from .record import RecordError
 
         if (self.run_dir / RECORD_FILE).exists() or (self.run_dir / JOURNAL_FILE).exists():
@@ -126,18 +137,19 @@ class RunRecorder:
                               else f"sqlite:///{(self.run_dir.parent / 'history.sqlite').resolve()}")
         self._start_log()
         self.writer = RecordWriter(self.run_dir)
-        hardware = (configured_hardware(self.cfg, self.benches) if self.cfg is not None
+        hardware: dict[str, Any] = (configured_hardware(self.cfg, self.benches) if self.cfg is not None
                     else {"instruments": {}, "devices": {}})
         run = {
             "id": self.run_dir.name, "started": stamp(self.clock), "host": socket.gethostname(), "pid": os.getpid(),
             "argv": self.argv, "cwd": os.getcwd(), "lab": lab_section(self.lab_path, self.cfg, error),
-            "bench": self.bench, "benches": self._bench_sections(), "clock": self._clock_info(), "software": software(), "hardware": hardware,
+            "bench": self.bench, "benches": self._bench_sections(), "clock": self._clock_info(),
+            "software": software(), "hardware": hardware,
             "store_url": redact(self.store_url),
             "files": {"journal": JOURNAL_FILE, "junit": self._junit_path(), "lab": LAB_FILE if self.lab_path else None,
                       "logs": LOG_DIR, "bus_capture": None},
         }
         run["suites"] = suites_section()  # the self-test of these suites vouches for this run's checks
-        self.writer.emit({"ev": "run.start", "run": run}, snapshot=True)
+        self._writer.emit({"ev": "run.start", "run": run}, snapshot=True)
         self._open_store()
         return self
 
@@ -160,7 +172,7 @@ class RunRecorder:
             return []
         from .record import derive
 
-        sections = derive(self.writer.record).get("benches") or {}
+        sections = derive(self._writer.record).get("benches") or {}
         # a bench no check of this session needed (none uses a bench) cuts nothing short
         return [b for b, sec in sections.items()
                 if sec.get("status") in ("not_run", "incomplete") and (sec.get("summary") or {}).get("total")]
@@ -197,8 +209,9 @@ class RunRecorder:
         from .store import ResultsStore, StoreError
 
         try:
-            self.store = ResultsStore.open(self.store_url)
-            self.store.begin_run(self.writer.record, self.run_dir.resolve())
+            assert self.store_url is not None       # start() settled it
+            store = self.store = ResultsStore.open(self.store_url)
+            store.begin_run(self._writer.record, self.run_dir.resolve())
         except StoreError as exc:
             # the run goes on; `rig history` imports the folder later
             self.store, self.store_error = None, str(exc)
@@ -226,14 +239,14 @@ class RunRecorder:
                                  f"a deviation needs {', '.join(DEVIATION_REQUIRED)} "
                                  f"(and may give {', '.join(DEVIATION_OPTIONAL)})")
             clean_list.append({**{k: d.get(k) for k in DEVIATION_REQUIRED + DEVIATION_OPTIONAL}, **d})
-        self.writer.emit({"ev": "deviations", "deviations": clean_list}, snapshot=True)
+        self._writer.emit({"ev": "deviations", "deviations": clean_list}, snapshot=True)
         return clean_list
 
     def set_selftest(self, info: dict[str, Any]) -> None:
         """For ``rig selftest``: what the self-test ran (faults, trials,
         partial, coverage, labs), merged into the record's ``selftest_run``;
         the record's ``kind`` becomes ``"selftest"``."""
-        self.writer.emit({"ev": "selftest.run", "selftest_run": dict(info)}, snapshot=True)
+        self._writer.emit({"ev": "selftest.run", "selftest_run": dict(info)}, snapshot=True)
 
     # ------------------------------------------------------------------ the bus
     def attach_bus(self, endpoint) -> None:
@@ -244,58 +257,59 @@ class RunRecorder:
         if self.capture is not None:
             return
         try:
-            self.capture = BusCapture(endpoint, self.run_dir / CAPTURE_FILE, self.clock).start()
+            capture = self.capture = BusCapture(endpoint, self.run_dir / CAPTURE_FILE, self.clock).start()
         except Exception as exc:  # noqa: BLE001 - a run without a capture still has a record
             log.warning("bus capture not started: %s", exc)
-            self.writer.emit({"ev": "files", "files": {"bus_capture_error": str(exc)}})
+            self._writer.emit({"ev": "files", "files": {"bus_capture_error": str(exc)}})
             self.capture = None
             return
-        if self.capture.clock_source == "bus":
-            self.clock, self.clock_source = self.capture.clock, "bus"
-        self.writer.emit({"ev": "clock", "clock": self._clock_info()})
-        self.writer.emit({"ev": "files", "files": {"bus_capture": CAPTURE_FILE}})
-        self.capture.on_message(self._on_bus)
-        for topic, payload in self.capture.latest().items():
+        if capture.clock_source == "bus":
+            self.clock, self.clock_source = capture.clock, "bus"
+        self._writer.emit({"ev": "clock", "clock": self._clock_info()})
+        self._writer.emit({"ev": "files", "files": {"bus_capture": CAPTURE_FILE}})
+        capture.on_message(self._on_bus)
+        for topic, payload in capture.latest().items():
             self._on_bus(topic, payload)
 
     def _on_bus(self, topic: str, payload: Any) -> None:
         facts = from_bus(topic, payload)
         if not facts or self.writer is None:
             return
-        hw = self.writer.record["hardware"]
+        hw = self._writer.record["hardware"]
         new = any(hw.get(section, {}).get(name, {}).get(k) != v
                   for section, parts in facts.items() for name, info in parts.items() for k, v in info.items())
         if new:
-            self.writer.emit({"ev": "hardware", **facts})
+            self._writer.emit({"ev": "hardware", **facts})
 
     # ------------------------------------------------------------------ tests
     def test_started(self, info: dict[str, Any]) -> None:
         info = {"started": stamp(self.clock), **info}
-        self.writer.emit({"ev": "test.start", "test": info})
+        self._writer.emit({"ev": "test.start", "test": info})
 
     def listener(self, kind: str, payload: dict[str, Any]) -> None:
         """For :class:`TestEvidence`: journal a step/measurement as it is made."""
         if self.writer is not None:
-            self.writer.emit({"ev": kind, **payload}, snapshot=False)
+            self._writer.emit({"ev": kind, **payload}, snapshot=False)
 
     def evidence_for(self, nodeid: str) -> TestEvidence:
         return TestEvidence(nodeid, self.clock, self.listener)
 
     def test_finished(self, test: dict[str, Any]) -> None:
         """The test's final entry (verdict, failure, steps, measurements ...)."""
-        current = next((t for t in self.writer.record["tests"] if t["nodeid"] == test["nodeid"]), {})
+        tests = self._writer.record["tests"]
+        current: dict[str, Any] = next((t for t in tests if t["nodeid"] == test["nodeid"]), {})
         finished = test.get("finished") or stamp(self.clock)
         started = test.get("started") or current.get("started") or finished
         duration = test.get("duration") or {"wall": finished["wall"] - started["wall"],
                                              "lab": finished["lab"] - started["lab"]}
         final = {**test, "started": started, "finished": finished, "duration": duration}
-        self.writer.emit({"ev": "test.end", "test": final})
+        self._writer.emit({"ev": "test.end", "test": final})
         if self.store is not None:
             from .store import StoreError
 
-            entry = next(t for t in self.writer.record["tests"] if t["nodeid"] == test["nodeid"])
+            entry = next(t for t in self._writer.record["tests"] if t["nodeid"] == test["nodeid"])
             try:
-                self.store.add_test(self.writer.record, entry)
+                self.store.add_test(self._writer.record, entry)
             except StoreError as exc:
                 log.warning("%s", exc)
 
@@ -306,8 +320,8 @@ class RunRecorder:
         if self.capture is not None:
             self.capture.stop()
         if self.store_error:
-            self.writer.emit({"ev": "files", "files": {"store_error": self.store_error}})
-        rec = self.writer.close(status, exit_code, finished=stamp(self.clock), complete=complete)
+            self._writer.emit({"ev": "files", "files": {"store_error": self.store_error}})
+        rec = self._writer.close(status, exit_code, finished=stamp(self.clock), complete=complete)
         if self._log_handler is not None:
             logging.getLogger().removeHandler(self._log_handler)
             try:

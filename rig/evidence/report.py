@@ -52,7 +52,7 @@ def _missing(v: Any) -> bool:
 
 
 def iso(t: float | None) -> str:
-    if _missing(t):
+    if t is None or _missing(t):
         return "—"
     return datetime.fromtimestamp(float(t), timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
@@ -68,7 +68,7 @@ def num(v: Any) -> str:
 
 
 def seconds(v: float | None) -> str:
-    if _missing(v):
+    if v is None or _missing(v):
         return "—"
     return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
 

@@ -36,12 +36,11 @@ How tests feed it (docs/evidence.md):
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import json
 
 from . import MANIFEST_FILE, RECORD_FILE
 from .catalogue import Catalogue
@@ -239,9 +238,11 @@ def suites_match(rec: dict[str, Any], selftest: dict[str, Any]) -> tuple[bool | 
     mine = (rec.get("suites") or {}).get("files")
     theirs = (selftest.get("suites") or {}).get("files")
     if not mine:
-        return None, "this run records no SHA-256 of its suites (an older rig): nothing shows the self-test ran the same checks"
+        return None, ("this run records no SHA-256 of its suites (an older rig): nothing shows the self-test ran the "
+                      "same checks")
     if not theirs:
-        return None, "the self-test records no SHA-256 of its suites (an older rig): nothing shows it ran the same checks"
+        return None, ("the self-test records no SHA-256 of its suites (an older rig): nothing shows it ran the "
+                      "same checks")
     files = (selftest.get("selftest_run") or {}).get("suite_files") or sorted(theirs)
     differ = [f for f in files if mine.get(f) != theirs.get(f)]
     if differ:
@@ -268,7 +269,8 @@ def why_selftest_failed(st: dict[str, Any]) -> str:
     if cover.get("unclaimed_faults") and not scope.get("partial"):
         reasons.append(f"fault profiles no check claims: {', '.join(cover['unclaimed_faults'])}")
     if cover.get("unknown_faults") and not scope.get("partial"):
-        reasons.append(f"unknown fault profiles named: {', '.join(sorted({f for fs in cover['unknown_faults'].values() for f in fs}))}")
+        named = sorted({f for fs in cover["unknown_faults"].values() for f in fs})
+        reasons.append(f"unknown fault profiles named: {', '.join(named)}")
     return "; ".join(reasons) or "see its report"
 
 
@@ -443,7 +445,7 @@ def build_all(run_dir: str | Path, out_dir: str | Path | None = None, pdf: bool 
         target = Path(out_dir) / f"{run_dir.name}.safety.html" if out_dir else None
         html_path, pdf_path = build(run_dir, target, pdf, selftest_dir)
         return [(names[0] if names else None, html_path, pdf_path)]
-    out = []
+    out: list[tuple[str | None, Path, Path | None]] = []
     for bench in names:
         where = Path(out_dir) if out_dir else run_dir.parent
         html_path, pdf_path = build(run_dir, where / f"{run_dir.name}.safety.{bench}.html", pdf, selftest_dir,

@@ -131,6 +131,7 @@ class ResultsStore:
     @classmethod
     def open(cls, url: str) -> "ResultsStore":
         """Open (creating if needed) the store at ``url``."""
+        conn: Any       # a sqlite3 or a psycopg connection
         if url.startswith("sqlite:"):
             path = _sqlite_path(url)
             try:
@@ -145,7 +146,8 @@ class ResultsStore:
             try:
                 import psycopg  # noqa: PLC0415 - optional, only for a PostgreSQL store
             except ImportError:
-                raise StoreError(f"results store {url}: PostgreSQL needs psycopg: pip install 'psycopg[binary]'") from None
+                raise StoreError(f"results store {url}: PostgreSQL needs psycopg: "
+                                 "pip install 'psycopg[binary]'") from None
             try:
                 conn = psycopg.connect(url, autocommit=True)
             except Exception as exc:  # noqa: BLE001 - psycopg.Error and OS errors alike
@@ -352,7 +354,7 @@ def sync_run_folders(store: ResultsStore, results_dir: Path) -> list[str]:
     from .manifest import sha256_file
     from .record import RecordError, load_run
 
-    added = []
+    added: list[str] = []
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         return added

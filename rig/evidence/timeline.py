@@ -16,9 +16,10 @@ buttons     ``rig/v1/<bench>/actuator/<device>/state``                       eac
 
 plus the test's own steps.  The supply track also follows the meter's
 optical port (an optical probe's ``instrument/<probe>/state``, register
-``96.3.10``), which is all a bench with a sealed or real meter publishes.  Times are lab seconds from the test's start; a
-message is placed at its payload's own ``ts`` (the sender's lab time; every
-part of a lab shares one clock anchor), else at the time the capture got it.
+``96.3.10``), which is all a bench with a sealed or real meter publishes.
+Times are lab seconds from the test's start; a message is placed at its
+payload's own ``ts`` (the sender's lab time; every part of a lab shares one
+clock anchor), else at the time the capture got it.
 :func:`render_svg` draws a timeline as inline SVG (no script, no fonts to
 fetch), so the report stays one self-contained file.
 """
@@ -156,7 +157,8 @@ def build_tracks(rec: dict[str, Any], messages: Iterable[dict[str, Any]], bench:
             op = channel.rsplit("/", 1)[-1]
             if (channel.startswith("cmd/") and op in ("press", "hold")) or (
                     channel.startswith("event/") and ("press" in op or "hold" in op)):
-                tracks["ppmid"].changes.append((ts, f"{op}: {_label(p, 'button', 'action', 'key', default='')}".rstrip(": ")))
+                label = _label(p, "button", "action", "key", default="")
+                tracks["ppmid"].changes.append((ts, f"{op}: {label}".rstrip(": ")))
     for t in tracks.values():
         t.changes.sort(key=lambda c: c[0])
     return tracks
@@ -229,7 +231,8 @@ def render_svg(tl: Timeline, width: int = 900) -> str:
     for i, row in enumerate(rows):
         y = top + i * row_h
         out.append(f'<text x="4" y="{y + 16}" class="tl-label">{row}</text>')
-        out.append(f'<line x1="{label_w}" y1="{y + row_h - 2}" x2="{width - 10}" y2="{y + row_h - 2}" class="tl-grid"/>')
+        grid_y = y + row_h - 2
+        out.append(f'<line x1="{label_w}" y1="{grid_y}" x2="{width - 10}" y2="{grid_y}" class="tl-grid"/>')
         for a, b, v in tl.segments.get(row, []):
             xa, xb = x(a), x(b)
             out.append(f'<rect x="{xa:.1f}" y="{y + 3}" width="{max(xb - xa, 0.8):.1f}" height="{row_h - 8}" '
@@ -257,6 +260,7 @@ def render_svg(tl: Timeline, width: int = 900) -> str:
         out.append(f'<line x1="{xt:.1f}" y1="{axis_y - 4}" x2="{xt:.1f}" y2="{axis_y}" class="tl-axis"/>')
         out.append(f'<text x="{xt:.1f}" y="{axis_y + 12}" class="tl-tick" text-anchor="middle">{t:g}</text>')
         t += step
-    out.append(f'<text x="{width - 10}" y="{axis_y + 24}" class="tl-tick" text-anchor="end">lab s from test start</text>')
+    out.append(f'<text x="{width - 10}" y="{axis_y + 24}" class="tl-tick" text-anchor="end">'
+               "lab s from test start</text>")
     out.append("</svg>")
     return "".join(out)

@@ -6,7 +6,7 @@ One interface, :class:`HeadEnd`, whatever the lab's head end is (lab.yaml
 =============  ================================================  ===========================================
 ``kind``       implementation                                    commands / alerts
 =============  ================================================  ===========================================
-``simulated``  :class:`rig.headend.simulated.SimulatedHeadEnd`   the simulated DCC's bus node (``rig/v1/<bench>/dcc/headend``)
+``simulated``  :class:`rig.headend.simulated.SimulatedHeadEnd`   the simulated DCC's bus node (``.../dcc/headend``)
 ``http``       :class:`rig.headend.http.HttpHeadEnd`             HTTP requests from templates / a webhook the rig serves
 (plugin)       an entry point of group ``rig.headends``          :mod:`rig.headend.registry`
 =============  ================================================  ===========================================
@@ -36,16 +36,27 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..bus import MIN_WALL_TIMEOUT
 from ..config import UnknownPart
 from .registry import HeadEndError, make
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..lab import Lab
+    from ..bus import Bus
+    from ..clock import LabClock
+    from ..config import LabConfig
 
-__all__ = ["HeadEnd", "HeadEndError", "make", "ALERTS_KEPT", "DEFAULT_TIMEOUT"]
+__all__ = ["HeadEnd", "HeadEndError", "LabPort", "make", "ALERTS_KEPT", "DEFAULT_TIMEOUT"]
+
+
+class LabPort(Protocol):
+    """The lab as a head end sees it (:class:`rig.lab.Lab`): its configuration,
+    its clock and its bus connection."""
+
+    cfg: LabConfig
+    clock: LabClock
+    bus: Bus
 
 #: alert records a head end keeps (the oldest go first)
 ALERTS_KEPT = 5000
@@ -62,7 +73,7 @@ class HeadEnd:
 
     kind = "?"
 
-    def __init__(self, lab: "Lab", bench: str, cfg: Any):
+    def __init__(self, lab: LabPort, bench: str, cfg: Any):
         self.lab, self.bench_name, self.cfg = lab, bench, cfg
         self.bench_cfg = lab.cfg.bench(bench)
         self.clock = lab.clock

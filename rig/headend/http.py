@@ -54,11 +54,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..bus import CommandError
 from ..contract import ErrorBody
-from . import DEFAULT_TIMEOUT, HeadEnd, HeadEndError
+from . import DEFAULT_TIMEOUT, HeadEnd, HeadEndError, LabPort
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import HttpHeadEndConfig, HttpRequest
-    from ..lab import Lab
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +174,7 @@ class HttpHeadEnd(HeadEnd):
     kind = "http"
     cfg: "HttpHeadEndConfig"
 
-    def __init__(self, lab: "Lab", bench: str, cfg: "HttpHeadEndConfig"):
+    def __init__(self, lab: LabPort, bench: str, cfg: "HttpHeadEndConfig"):
         super().__init__(lab, bench, cfg)
         auth = cfg.auth
         self.secret: bytes | None = None
@@ -224,6 +223,7 @@ class HttpHeadEnd(HeadEnd):
     def webhook_url(self) -> str:
         """Where the head end must post alerts (give it this URL)."""
         host, port = self._server.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         scheme = "https" if self.cfg.webhook.cert_file else "http"
         return f"{scheme}://{host}:{port}{self.cfg.webhook.path}"
 
@@ -260,7 +260,8 @@ class HttpHeadEnd(HeadEnd):
 
     def _alert(self, item: dict[str, Any], received: float, via: str) -> dict[str, Any]:
         fields = self.cfg.webhook.fields
-        record = dict(item) if not fields else {**{k: pointer(item, p) for k, p in fields.items()}, "source_record": item}
+        record = (dict(item) if not fields
+                  else {**{k: pointer(item, p) for k, p in fields.items()}, "source_record": item})
         record["received"] = received
         record["via"] = via
         return record
@@ -292,7 +293,7 @@ class HttpHeadEnd(HeadEnd):
         return values
 
     def _call(self, op: str, args: dict[str, Any]) -> Any:
-        tpl: HttpRequest | None = self.cfg.requests.get(op)  # type: ignore[assignment]
+        tpl: HttpRequest | None = self.cfg.requests.get(op)
         if tpl is None:
             raise CommandError(self._where(op), op, ErrorBody(code="invalid", message=(
                 f"the head end of {self.bench_name} has no request template for '{op}' (lab.yaml "
@@ -345,17 +346,17 @@ class HttpHeadEnd(HeadEnd):
                 f"no answer from the head end within {self.cfg.timeout:g} wall s ({tpl.method} {path}); not sent "
                 "again: it may have been carried out"))) from None
         except urllib.error.URLError as exc:
-            reason = exc.reason
-            code = "timeout" if isinstance(reason, (TimeoutError, socket.timeout)) else "failed"
+            why = exc.reason
+            code = "timeout" if isinstance(why, (TimeoutError, socket.timeout)) else "failed"
             raise CommandError(self._where(op), op, ErrorBody(code=code, message=(
-                f"head end unreachable at {self.cfg.base_url}: {getattr(reason, 'strerror', None) or reason}"))) \
+                f"head end unreachable at {self.cfg.base_url}: {getattr(why, 'strerror', None) or why}"))) \
                 from None
         try:
             doc = json.loads(raw.decode("utf-8")) if raw.strip() else {}
         except (UnicodeDecodeError, ValueError):
             doc = {"text": raw.decode("utf-8", errors="replace")[:500]}
         if status in tpl.refused_status:
-            reason = pointer(doc, tpl.reason) or doc.get("text") if isinstance(doc, dict) else None
+            reason: Any = pointer(doc, tpl.reason) or doc.get("text") if isinstance(doc, dict) else None
             raise CommandError(self._where(op), op, ErrorBody(code="refused", message=str(
                 reason or f"HTTP {status}"), requirement=(doc.get("requirement") if isinstance(doc, dict) else None)))
         if status >= 400:

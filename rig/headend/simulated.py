@@ -8,13 +8,10 @@ sink, the rig's side of the simulated DCC (:mod:`rig.sim.dcc`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..contract import Node
-from . import DEFAULT_TIMEOUT, HeadEnd
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..lab import Lab
+from . import DEFAULT_TIMEOUT, HeadEnd, LabPort
 
 #: lab seconds a query of the sink may take
 QUERY_TIMEOUT = 30.0
@@ -23,7 +20,7 @@ QUERY_TIMEOUT = 30.0
 class SimulatedHeadEnd(HeadEnd):
     kind = "simulated"
 
-    def __init__(self, lab: "Lab", bench: str, cfg: Any):
+    def __init__(self, lab: LabPort, bench: str, cfg: Any):
         super().__init__(lab, bench, cfg)
         self.node = Node(bench, "dcc", "headend")
         self.bus = lab.bus

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..contract import ROOT
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .world import World
+    from .bench import SimBench
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ MAX_HOP = 2.0
 class ButtonWiring:
     """The twins' button inputs on mock GPIO pins, driven by the agent's actuators."""
 
-    def __init__(self, world: "World", twins: dict[str, Any]):
+    def __init__(self, world: "SimBench", twins: dict[str, Any]):
         from gpiozero import Button
         from gpiozero.pins.mock import MockFactory
 

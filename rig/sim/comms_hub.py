@@ -38,9 +38,9 @@ from pydantic import BaseModel, Field
 
 from ..alerts import RESTORATION_ALERTS, AlertCode
 from ..bus import CommandContext, Refused
-from . import zcl
-from .devices import FaultFlags, Twin, reject
+from ..protocol import zcl
 from .han import HanFrame, HanRadio
+from .twin import FaultFlags, Twin, reject
 
 if TYPE_CHECKING:
     from .wan import Wan

@@ -29,19 +29,20 @@ import itertools
 import logging
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from ..alerts import name_of
 from ..bus import Bus, CommandContext, Refused
-from . import zcl
+from ..contract import dcc_node
+from ..protocol import zcl
+from .bench import SimBench
 from .comms_hub import CommsHub
-from .devices import SimulatedHan, Twin, dcc_node, refresh_period
+from .event_loop import Handle
+from .simulated_han import SimulatedHan, refresh_period
+from .twin import Twin
 from .wan import WAN_LATENCY, Wan
-
-if TYPE_CHECKING:
-    from .world import World
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class AlertsArgs(BaseModel):
 class HeadEnd:
     """The DCC / head end of one bench: the rig's alert sink and the service requests."""
 
-    def __init__(self, world: "World", han: SimulatedHan, twins: dict[str, Twin]):
+    def __init__(self, world: SimBench, han: SimulatedHan, twins: dict[str, Twin]):
         self.world, self.han, self.clock, self.loop = world, han, world.clock, han.loop
         self.cfg = world.cfg
         self.lab_name = world.lab.lab.name
@@ -98,7 +99,7 @@ class HeadEnd:
         self._ids = itertools.count(int(self.clock.now()) % 100000 * 1000 + 1)
         self._utrn_counters: dict[str, int] = {}
         self._lock = threading.RLock()
-        self._refresh = None
+        self._refresh: Handle | None = None
 
     def start(self) -> "HeadEnd":
         self.bus.connect()
@@ -151,8 +152,8 @@ class HeadEnd:
     def _service_request(self, args: ServiceRequestArgs, ctx: CommandContext) -> dict:
         dev = self.cfg.devices.get(args.device)
         if dev is None:
-            raise Refused(f"no device '{args.device}' on {self.world.bench_name}; devices: {', '.join(self.cfg.devices)}",
-                          code="invalid")
+            raise Refused(f"no device '{args.device}' on {self.world.bench_name}; "
+                          f"devices: {', '.join(self.cfg.devices)}", code="invalid")
         if self.hub is None:
             raise Refused(f"{self.world.bench_name} has no simulated comms hub to carry the command", code="timeout")
         premises = args.premises or getattr(dev.settings, "premises_id", "")
@@ -162,7 +163,7 @@ class HeadEnd:
                                 role=zcl.RemoteRole[args.role], target=zcl.eui64(dev.id), cluster=cluster,
                                 premises=premises, issued=zcl.to_utc(self.clock.now()), zcl=inner, signature=b"")
         sig = zcl.sign(req, zcl.role_key(self.lab_name, args.role))
-        req.signature = sig if args.authentic else bytes([sig[0] ^ 0xFF]) + sig[1:]
+        req.signature = sig if args.authentic else bytes([sig[0] ^ 0xFF]) + sig[1:]  # type: ignore[assignment]  # zigpy converts
         self.requests += 1
         self.clock.sleep(WAN_LATENCY)
         resp = self.hub.wan_request(req.serialize(), REQUEST_TIMEOUT)

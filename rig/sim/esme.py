@@ -44,11 +44,11 @@ from pydantic import BaseModel, Field
 
 from ..alerts import AlertCode
 from ..bus import CommandContext, Refused
+from ..protocol import zcl
 from ..supply import ArmCause, Party, Rules, Supply, SupplyMachine, Transition, Trigger
-from .physics import SUPPLY_PRESENT_V
-from . import zcl
-from .devices import FaultFlags, Twin, reject
 from .han import HanFrame
+from .physics import SUPPLY_PRESENT_V
+from .twin import FaultFlags, Twin, reject
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,8 @@ class Esme(Twin):
                         lifted=sorted(str(p) for p in holders - self.machine.holders),
                         disabled_by=sorted(self.disabled_by), reason=t.reason)
         if t.alert is not None:
-            self.alert(t.alert, **({"role": str(party)} if party else {}))
+            role: dict[str, Any] = {"role": str(party)} if party else {}
+            self.alert(t.alert, **role)
         return t
 
     # ------------------------------------------------------------------ wiring

@@ -24,8 +24,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ..bus import CommandContext
-from . import zcl
-from .devices import Twin
+from ..protocol import zcl
+from .twin import Twin
 
 #: mAh a wake costs (radio on, frames out, ACKs in)
 WAKE_CHARGE_MAH = 0.02

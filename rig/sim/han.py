@@ -3,7 +3,7 @@
 The comms hub is the coordinator (HAN-2): every other device joins it, polls
 it on each band it has, and its traffic to another device is routed through
 it (two hops: PPMID -> hub -> ESME).  Every hop of every frame is decided by
-the link budget of :mod:`rig.sim.propagation` at the instant it is sent:
+the link budget of :mod:`rig.propagation` at the instant it is sent:
 
 * the RF path between the two devices (``lab.yaml`` ``rf_paths``: premises
   and attenuator; pairs without a path use the default premises, and the
@@ -24,7 +24,7 @@ retries), acknowledged by the peer's MAC but not passed to its application,
 drawn from their own random stream so that testing a link does not change
 the outcomes of the devices' own traffic.
 
-Frames carry real ZCL payloads (:mod:`rig.sim.zcl`), the APS security
+Frames carry real ZCL payloads (:mod:`rig.protocol.zcl`), the APS security
 frame counter of their originator, which receivers use to drop replays, and
 whether their security check passes (``authentic``).  The medium is also
 the rig's HAN tap, what a sniffer and an attacker's radio on the premises
@@ -45,19 +45,18 @@ requests (:meth:`HanRadio.request`) are for other threads.
 from __future__ import annotations
 
 import hashlib
-import heapq
-import itertools
 import logging
 import random
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from .. import propagation as prop
 from ..clock import LabClock
-from ..config import BenchConfig, HanConfig, Premises
-from . import propagation as prop
+from ..config import Band, BenchConfig, HanConfig, Premises
+from .event_loop import EventLoop, Handle
 
 log = logging.getLogger(__name__)
 
@@ -70,106 +69,15 @@ LINK_DOWN_AFTER = 3
 CHILD_TIMEOUT = (LINK_DOWN_AFTER + 1) * POLL_PERIOD
 #: attempts kept per link for the measured packet error rate
 PER_WINDOW = 32
-#: frames a sniffer keeps per pair of devices
-CAPTURE_DEPTH = 32
+#: frames a sniffer keeps per pair of devices (a PPMID's reads of the meter fill a short capture
+#: within a minute, and the enable a replay needs must still be in it after a reboot)
+CAPTURE_DEPTH = 1024
 #: application frames the sniffer's journal keeps (first hop of each)
 JOURNAL_DEPTH = 20000
 #: PSDU octets of a MAC data request (poll)
 POLL_PSDU_OCTETS = 18
 CCA_SYMBOLS = 8
 COLOCATED = Premises(distance_m=0.5, walls=0, floors=0)
-
-
-# ----------------------------------------------------------------------------- event loop
-class Handle:
-    def __init__(self) -> None:
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class EventLoop:
-    """Callbacks at lab times, run one at a time on one thread.
-
-    ``loop.call_later(180, fn)`` runs ``fn`` after 180 lab seconds (3 wall
-    seconds at clock scale 60); ``call_every`` repeats.  A callback's
-    exception is logged and the loop carries on."""
-
-    def __init__(self, clock: LabClock, name: str = "han-loop"):
-        self.clock = clock
-        self._heap: list[tuple[float, int, Handle, Callable, tuple]] = []
-        self._seq = itertools.count()
-        self._cond = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> "EventLoop":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(5)
-
-    @property
-    def on_loop(self) -> bool:
-        return threading.current_thread() is self._thread
-
-    def call_at(self, lab_time: float, fn: Callable, *args: Any) -> Handle:
-        h = Handle()
-        with self._cond:
-            heapq.heappush(self._heap, (lab_time, next(self._seq), h, fn, args))
-            self._cond.notify_all()
-        return h
-
-    def call_later(self, lab_seconds: float, fn: Callable, *args: Any) -> Handle:
-        return self.call_at(self.clock.now() + max(0.0, lab_seconds), fn, *args)
-
-    def call_soon(self, fn: Callable, *args: Any) -> Handle:
-        return self.call_at(float("-inf"), fn, *args)
-
-    def call_every(self, period: float, fn: Callable, first: float | None = None) -> Handle:
-        """Run ``fn()`` every ``period`` lab seconds (first after ``first``)."""
-        handle = Handle()
-
-        def tick() -> None:
-            if handle.cancelled:
-                return
-            try:
-                fn()
-            finally:
-                if not handle.cancelled:
-                    inner = self.call_later(period, tick)
-                    handle.inner = inner  # type: ignore[attr-defined]
-
-        self.call_later(period if first is None else first, tick)
-        return handle
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    if self._stop:
-                        return
-                    if self._heap:
-                        due = self._heap[0][0]
-                        wait = self.clock.wall_seconds(due - self.clock.now()) if due != float("-inf") else 0.0
-                        if wait <= 0:
-                            _, _, h, fn, args = heapq.heappop(self._heap)
-                            break
-                        self._cond.wait(min(wait, 0.5))
-                    else:
-                        self._cond.wait(0.5)
-            if h.cancelled:
-                continue
-            try:
-                fn(*args)
-            except Exception:  # noqa: BLE001 - one device's bug must not stop the HAN
-                log.exception("HAN loop callback %r failed", fn)
 
 
 # ----------------------------------------------------------------------------- frames and links
@@ -337,7 +245,7 @@ class HanMedium:
 
     def budget(self, a: str, b: str, band: str) -> prop.LinkBudget:
         premises, attenuator = self.path(a, b, band)
-        return prop.link_budget(band, self.han.bands[band], premises, self.attenuation(attenuator))
+        return prop.link_budget(band, self.han.bands[cast(Band, band)], premises, self.attenuation(attenuator))
 
     def _rng(self, a: str, b: str, band: str, stream: str = "") -> random.Random:
         key = (a, b, band, stream)
@@ -365,7 +273,7 @@ class HanMedium:
         first_hop = frame.kind == "data" and sender.name == frame.src
         if first_hop and self._intercept(sender, receiver_name, band, frame, done):
             return
-        bm = self.han.bands[band]
+        bm = self.han.bands[cast(Band, band)]
         budget = self.budget(sender.name, receiver_name, band)
         test = frame.kind == "test"
         rng = self._rng(sender.name, receiver_name, band, "test" if test else "")
@@ -410,7 +318,7 @@ class HanMedium:
         st["attempts"] += attempts_total
         st["retries"] += attempts_total - len(sizes)
         delivered = delivered_at is not None and all(True for _ in sizes)
-        if delivered:
+        if delivered and delivered_at is not None and receiver is not None:
             st["delivered"] += 1
             hop = frame.copy()
             hop.band, hop.rssi, hop.lqi = band, budget.rssi, budget.lqi(sizes[-1])
@@ -648,8 +556,8 @@ class HanRadio:
         shared = [b for b in self.bands if peer_radio is None or b in peer_radio.bands] or self.bands
         if self.coordinator:
             now = self.clock.now()
-            heard = [(self.link(peer, b).last_heard, b) for b in shared
-                     if self.link(peer, b).last_heard is not None and now - self.link(peer, b).last_heard < CHILD_TIMEOUT]
+            heard = [(last, b) for b in shared
+                     if (last := self.link(peer, b).last_heard) is not None and now - last < CHILD_TIMEOUT]
             if heard:
                 return max(heard)[1]
             return shared[0]
@@ -681,7 +589,8 @@ class HanRadio:
             return out
         parent = self.parent()
         for band in self.bands:
-            out[band] = self.link(parent, band).report() if parent else {"rssi": None, "lqi": 0, "per": None, "up": False}
+            out[band] = (self.link(parent, band).report() if parent
+                         else {"rssi": None, "lqi": 0, "per": None, "up": False})
         return out
 
     # -- sending ----------------------------------------------------------------
@@ -711,6 +620,7 @@ class HanRadio:
             if done is not None:
                 done(False)
             return
+        nxt: str | None
         if frame.dst in self.medium.radios and (self.coordinator or self.direct or frame.dst == self.parent()):
             nxt = frame.dst
         else:
@@ -748,7 +658,8 @@ class HanRadio:
         milliseconds): call it from a device thread, never from the loop."""
         if self.loop.on_loop:
             raise RuntimeError("HanRadio.link_test blocks: call it from a device thread, not the HAN loop")
-        if self.medium is None:
+        medium = self.medium
+        if medium is None:
             raise RuntimeError(f"{self.name} is not on a HAN medium")
         psdu = prop.fragments(len(zcl))[0]
         result = LinkTest(peer, band, psdu, started=self.clock.now())
@@ -766,7 +677,7 @@ class HanRadio:
                 result.add(acked, rssi, lqi)
                 one(index + 1)
 
-            self.medium.transmit(self, peer, band, frame, retries=0, on_ack=outcome)
+            medium.transmit(self, peer, band, frame, retries=0, on_ack=outcome)
 
         self.loop.call_soon(one, 0)
         if not self.clock.wait_event(finished, timeout):

@@ -19,8 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from ..bus import CommandContext
-from . import zcl
-from .devices import FaultFlags, Twin
+from ..protocol import zcl
+from .twin import FaultFlags, Twin
 
 RESPONSE_TIMEOUT = 10.0
 SUPPLY = {0: "disabled", 1: "armed", 2: "enabled"}
@@ -69,7 +69,8 @@ class Ihd(Twin):
         shown: dict[str, Any] = {}
         ok = True
         if self.meter:
-            m = self._read(self.meter, zcl.Metering, ["instantaneous_demand", "current_summ_delivered", "supply_status"])
+            m = self._read(self.meter, zcl.Metering,
+                           ["instantaneous_demand", "current_summ_delivered", "supply_status"])
             p = self._read(self.meter, zcl.Prepayment, ["credit_remaining"]) if m is not None else None
             if m is None or p is None:
                 ok = False

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..clock import LabClock, Timer
+from ..config import MAINS_FREQUENCY, MAINS_VOLTAGE
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ class Source:
     """The AC source's programmed output (or the grid when there is none)."""
 
     output: bool = False
-    voltage: float = 230.0
-    frequency: float = 50.0
+    voltage: float = MAINS_VOLTAGE
+    frequency: float = MAINS_FREQUENCY
 
 
 @dataclass
@@ -81,7 +82,7 @@ class PhysicalBench:
     is fed by the grid: the supply is always on at nominal voltage."""
 
     def __init__(self, clock: LabClock, has_source: bool = True, has_relay: bool = True,
-                 nominal_voltage: float = 230.0, frequency: float = 50.0):
+                 nominal_voltage: float = MAINS_VOLTAGE, frequency: float = MAINS_FREQUENCY):
         self.clock = clock
         self._lock = threading.RLock()
         self._s = _State()

@@ -44,9 +44,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ..bus import CommandContext, Refused
-from . import zcl
-from .devices import FaultFlags, Twin
+from ..protocol import zcl
 from .han import HanFrame
+from .twin import FaultFlags, Twin
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,8 @@ class Ppmid(Twin):
         return True
 
     def _link_changed(self, _link) -> None:
-        up = any(self.radio.link(self.radio.parent(), b).up for b in self.radio.bands) if self.radio.parent() else False
+        parent = self.radio.parent()
+        up = any(self.radio.link(parent, b).up for b in self.radio.bands) if parent else False
         if up and any(not c.get("restamp") for c in self.queue):
             self.background(self._flush_queue)   # fault queues_presses: the kept press goes now
         self.publish()
@@ -273,8 +274,10 @@ class Ppmid(Twin):
         self._ui.put(fn)
 
     def _ui_loop(self) -> None:
+        ui = self._ui
+        assert ui is not None       # made before the loop starts
         while True:
-            fn = self._ui.get()
+            fn = ui.get()
             if fn is None or self._stopped:
                 return
             try:

@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..alerts import OUTAGE_ALERT, OUTAGE_ALERT_NAME, AlertCode
-
-if TYPE_CHECKING:
-    from .dcc import HeadEnd
-    from .han import EventLoop
+from .event_loop import EventLoop
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +54,18 @@ def routes(code: str) -> list[str]:
     return ["supplier"]
 
 
+class AlertSink(Protocol):
+    """Where the WAN delivers: the head end (:class:`rig.sim.dcc.HeadEnd`)."""
+
+    def receive(self, record: dict[str, Any], inbox: str) -> object: ...
+
+    def notice(self, body: dict[str, Any]) -> None: ...
+
+
 class Wan:
     """The WAN provider's network of one bench, in lab time on the HAN loop."""
 
-    def __init__(self, loop: "EventLoop", sink: "HeadEnd"):
+    def __init__(self, loop: EventLoop, sink: AlertSink):
         self.loop, self.sink, self.clock = loop, sink, loop.clock
         self.pending: dict[str, dict[str, Any]] = {}
         self._lock = threading.RLock()

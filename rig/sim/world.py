@@ -16,6 +16,7 @@ contacts, pull resistors): the model of the hardware fail-safe.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -26,9 +27,8 @@ from typing import Any
 from ..broker import Endpoint
 from ..bus import Bus
 from ..clock import LabClock
-from ..config import LabConfig
-from ..contract import Node, agent_node
-from ..launch import sim_node
+from ..config import MAINS_VOLTAGE, LabConfig
+from ..contract import Node, agent_node, sim_node
 from .physics import PhysicalBench
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,9 @@ class World:
         self.bus = Bus(endpoint, client_id=f"sim-{bench}-{uuid.uuid4().hex[:6]}", clock=clock,
                        presence=self.node, presence_info={"kind": "sim"})
         w = self.cfg.wiring
-        nominal = 230.0
+        nominal = MAINS_VOLTAGE
         if w.meter and w.meter in self.cfg.devices:
-            nominal = getattr(self.cfg.devices[w.meter].settings, "voltage_nominal", 230.0)
+            nominal = getattr(self.cfg.devices[w.meter].settings, "voltage_nominal", MAINS_VOLTAGE)
         self.physics = PhysicalBench(clock, has_source=w.supply is not None, has_relay=w.mains_relay is not None,
                                      nominal_voltage=nominal)
         self.parts: list[Any] = []   # started parts, each with .stop()
@@ -85,7 +85,7 @@ class World:
 
         def on_relay(_topic: str, payload: Any) -> None:
             if isinstance(payload, dict) and payload.get("state") in ("on", "off"):
-                self._relay_state[relay] = payload["state"] == "on"
+                self._relay_state[str(relay)] = payload["state"] == "on"
                 self._apply_mains(payload.get("changed"))
 
         def on_agent(_topic: str, payload: Any) -> None:
@@ -145,6 +145,7 @@ class World:
         self.bus.connect(announce=False)
         self._follow_relays()
         from instruments.sim import start_simulated_instruments
+
         from .devices import start_devices
 
         self.parts += start_simulated_instruments(self)
@@ -170,7 +171,7 @@ class World:
             twin = self.twins.get(meter or "")
             if twin is not None and hasattr(twin, "optical_registers"):
                 part.provider = twin.optical_registers
-                part.answering = lambda t=twin: bool(t.powered)
+                part.answering = functools.partial(_powered, twin)
 
     def _publish_physics(self) -> None:
         if self.bus.connected:
@@ -199,3 +200,7 @@ class World:
         with self:
             while not stop.wait(1.0):
                 pass
+
+
+def _powered(twin: Any) -> bool:
+    return bool(twin.powered)

@@ -152,7 +152,7 @@ def enter_code(bench, device: str, code: str):
 
 def keypad(bench, *devices: str) -> str | None:
     """The first of ``devices`` whose whole keypad has actuators, or None."""
-    from rig.config import KEYPAD_KEYS
+    from rig.parts import KEYPAD as KEYPAD_KEYS
 
     for d in devices:
         if all(k in (bench.cfg.actuators.get(d) or {}) for k in KEYPAD_KEYS):
@@ -233,12 +233,14 @@ class Meter:
             raise TimeoutError(f"{self.bench.name}/{self.name}: supply {supply} not published within {timeout:g} lab s "
                                f"(last: {seen[0] if seen else 'none'}, read from {self.source})")
 
-    def wait_answering(self, timeout: float = 60.0) -> None:
-        """Wait until the meter answers (it has supply and is up)."""
-        if not self.bench.clock.wait_for(lambda: self.supply() is not None, max(timeout, self.least_wait),
-                                         poll=self.bench.clock.lab_seconds(0.01)):
+    def wait_answering(self, timeout: float = 60.0) -> str:
+        """Wait until the meter answers (it has supply and is up); the supply state it gave."""
+        got = self.bench.clock.wait_for(self.supply, max(timeout, self.least_wait),
+                                        poll=self.bench.clock.lab_seconds(0.01))
+        if not got:
             raise TimeoutError(f"{self.bench.name}/{self.name} did not answer on {self.source} within {timeout:g} "
                                "lab s")
+        return got
 
     def event_log(self, since: float | None = None, event: str | None = None) -> list[dict[str, Any]]:
         """The meter's event log as its optical port gives it (the logbook's

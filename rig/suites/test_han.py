@@ -73,8 +73,10 @@ def test_the_hub_is_the_coordinator(bench, powered, han_tap, clock, measure, ste
 def test_the_gas_meter_pushes_its_mirror_every_half_hour(bench, powered, han_tap, clock, reference, measure, step):
     """HAN-7: the gas meter's pushes to the hub's mirror (ZCL Report
     Attributes, gas meter to hub) come every 30 minutes: from the last push
-    the tap has seen, the next must come within the period and its
-    tolerance (sooner is allowed: a push the hub missed is retried)."""
+    the tap has seen, each of the next two must come within the period and
+    its tolerance of the one before (sooner is allowed: a push the hub
+    missed is retried).  Two, because a meter that misses every other push
+    makes one of any two intervals long, but maybe not the first."""
     gas = bench.cfg.device_of_kind("gsme")
     hub = bench.cfg.device_of_kind("comms_hub")
     if gas is None or hub is None:
@@ -91,10 +93,12 @@ def test_the_gas_meter_pushes_its_mirror_every_half_hour(bench, powered, han_tap
                        "a gas mirror push")
             seen = pushes()
     last = float(seen[-1]["ts"])
-    with step("watch for the next push", lab_seconds=period + MIRROR_TOLERANCE):
-        wait_until(bench, last + period + MIRROR_TOLERANCE)
-        after = [f for f in pushes(last + 1.0)]
-    interval = float(after[0]["ts"]) - last if after else None
-    measure("han.gas_mirror_interval", None if interval is None else round(interval, 1), "s",
-            low=0.0, high=period + MIRROR_TOLERANCE, requirement="HAN-7",
+    # two intervals, not one: a meter that skips every other push has one of any two long
+    with step("watch for the next two pushes", lab_seconds=2 * (period + MIRROR_TOLERANCE)):
+        wait_until(bench, last + 2 * (period + MIRROR_TOLERANCE))
+        after = [float(f["ts"]) for f in pushes(last + 1.0)]
+    times = [last, *after[:2]]
+    intervals = [round(b - a, 1) for a, b in zip(times, times[1:])]
+    measure("han.gas_mirror_interval", max(intervals) if len(intervals) == 2 else None, "s",
+            low=0.0, high=period + MIRROR_TOLERANCE, requirement="HAN-7", intervals=intervals,
             observed_by="han_tap", **reference.attrs("gas_mirror_period"))

@@ -165,7 +165,7 @@ def check_counts(bench, dcc, meter: str, cut: Interruption, end: float, outage_a
             requirement=("OUT-3", "OUT-7"), observed_by="dcc", **attrs)
     measure("outage.outage_alerts", codes.count(OUTAGE_ALERT), "alerts", equals=outage_alerts,
             requirement=("OUT-2", "OUT-4"), observed_by="dcc", **attrs)
-    others = sorted(c for c in codes if c not in RESTORED and c != OUTAGE_ALERT)
+    others = sorted((c for c in codes if c not in RESTORED and c != OUTAGE_ALERT), key=str)
     measure("outage.other_alerts", len(others), "alerts", equals=0, requirement="OUT-4", codes=others,
             observed_by="dcc", **attrs)
 
@@ -446,7 +446,7 @@ def test_voltage_sag_and_swell_reach_the_network_operator(bench, ac_source, esme
                 ac_source.set(voltage=volts)
                 for code in codes:
                     alert = first_alert(bench, dcc, t0, t0 + s.alert_tolerance,
-                                        lambda a, c=code: (a.get("code"), a.get("device")) == (c, esme.name),
+                                        lambda a, c=code: (a.get("code"), a.get("device")) == (c, esme.name),  # type: ignore[misc]  # c=code binds the loop value
                                         inbox=DNO)
                     measure("power_quality.alert", alert.get("code") if alert else None, equals=code,
                             requirement="OUT-6", voltage=volts, observed_by="dcc")

@@ -302,7 +302,7 @@ def measured(bench, name: str, settings, sweeps: dict, measure, step) -> Sweep:
     key = (bench.name, name)
     if key not in sweeps:
         cfg = bench.cfg.rf_paths[name]
-        peer = _peer(bench, cfg.between)[1]
+        peer = _peer(bench, cfg.between)[1]  # type: ignore[index]  # a swept path has the hub at one end
         before = _links(bench, peer)
         with step(f"sweep {name}", band=cfg.band, path=name, attenuator=cfg.attenuator):
             s = sweep(bench, name, settings)
@@ -323,7 +323,8 @@ def hub_ready(comms_hub):
     """Mains on (the ``powered`` baseline), and every device the sweeps talk
     to on the HAN (a link test finds its link up)."""
     bench = comms_hub.bench
-    for name in sorted({_peer(bench, bench.cfg.rf_paths[p].between)[1] for p in _paths(bench)}):
+    # every swept path has the hub at one end
+    for name in sorted({_peer(bench, bench.cfg.rf_paths[p].between)[1] for p in _paths(bench)}):  # type: ignore[index]
         wait_link(bench, name, True, RECOVERY)
     return comms_hub
 

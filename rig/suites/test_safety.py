@@ -62,10 +62,13 @@ def bound(reference) -> float:
 
 
 def restore_enabled(esme, clock, reference) -> None:
-    """Back to enabled with the meter's own press-and-hold, for the next trial."""
-    if meter(esme.bench).supply() == "armed":
+    """Back to enabled with the meter's own press-and-hold, for the next trial.
+    The state is read until the meter answers (an optical read can time out
+    on a busy bench, and a meter taken for not armed would not be pressed)."""
+    m = meter(esme.bench)
+    if m.wait_answering(30.0) == "armed":
         press_and_hold(clock, esme, hold_seconds(reference))
-    meter(esme.bench).wait_supply("enabled")
+    m.wait_supply("enabled")
 
 
 def refused(op) -> tuple[bool, dict]:
@@ -480,7 +483,7 @@ def test_a_press_made_during_a_mains_outage_is_never_carried_out_later(bench, es
 @pytest.mark.detects("accepts_stale_ppmid+queues_presses")
 def test_enable_at_the_edge_of_the_link_is_prompt_or_not_at_all(bench, esme, ppmid, dcc, load, analyser, attenuator,
                                                                 clock, step, measure, settings, reference):
-    """Degraded RF: with the PPMID's path attenuated just past, at, and just
+    """Degraded RF: with the PPMID's path attenuated past, at, and just
     inside the edge of its link (frames lost and retried), each enable either
     closes the supply within the bound of the end of the hold or never; not
     later, when the link comes back and the consumer may have gone."""
@@ -488,7 +491,7 @@ def test_enable_at_the_edge_of_the_link_is_prompt_or_not_at_all(bench, esme, ppm
     edge = _link_edge(bench, ppmid, attenuator, step)
     top = attenuator.cfg.limits.attenuation_max or 95.0
     floor = attenuator.cfg.limits.attenuation_min or 0.0
-    levels = [min(edge + 6.0, top), edge, max(edge - 2.0, floor)]
+    levels = [min(edge + 10.0, top), edge, max(edge - 2.0, floor)]    # past it: the link is gone, not just lossy
     load.draw(amps=LOAD_A)
     prompt = late = 0
     trials = settings.safety.link_trials
@@ -669,7 +672,7 @@ def test_a_utrn_is_accepted_once(bench, esme, ppmid, dcc, clock, step, measure):
         pytest.skip(f"bench {bench.name} has no actuators on a keypad (lab.yaml actuators): no UTRN can be typed")
     code = dcc.issue_utrn(5.0)
     credit = [dcc.read(what="prepayment")["credit"]]
-    for use, pad in (("first", first_pad), ("second", second_pad)):
+    for use, pad in (("first", first_pad), ("second", second_pad or first_pad)):
         with step(f"UTRN typed on the {pad}'s keypad", use=use):
             t0 = clock.now()
             enter_code(bench, pad, code)

@@ -27,7 +27,7 @@ device and premises, when, its signature) around an inner ZCL frame.
 
 Example::
 
-    from rig.sim import zcl
+    from rig.protocol import zcl
 
     data = zcl.command(zcl.Metering, "local_change_supply", tsn=7, proposed_supply_status=2)
     frame = zcl.parse(zcl.Metering, data)
@@ -397,7 +397,8 @@ def write_attributes(cluster: type[Cluster], values: dict[str, Any], *, tsn: int
     attrs = []
     for name, value in values.items():
         a = _attr(cluster, name)
-        attrs.append(foundation.Attribute(attrid=a.id, value=foundation.TypeValue(type=a.zcl_type, value=a.type(value))))
+        typed = foundation.TypeValue(type=a.zcl_type, value=a.type(value))
+        attrs.append(foundation.Attribute(attrid=a.id, value=typed))
     schema = foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Write_Attributes].schema
     return (_header(foundation.GeneralCommand.Write_Attributes, tsn, True, False).serialize()
             + schema(attributes=attrs).serialize())
@@ -408,7 +409,8 @@ def report_attributes(cluster: type[Cluster], values: dict[str, Any], *, tsn: in
     attrs = []
     for name, value in values.items():
         a = _attr(cluster, name)
-        attrs.append(foundation.Attribute(attrid=a.id, value=foundation.TypeValue(type=a.zcl_type, value=a.type(value))))
+        typed = foundation.TypeValue(type=a.zcl_type, value=a.type(value))
+        attrs.append(foundation.Attribute(attrid=a.id, value=typed))
     schema = foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Report_Attributes].schema
     return (_header(foundation.GeneralCommand.Report_Attributes, tsn, True, False, True).serialize()
             + schema(attribute_reports=attrs).serialize())

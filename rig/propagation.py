@@ -1,6 +1,10 @@
 """The HAN link budget: from a band, a premises and an attenuator setting to
 RSSI, LQI and packet error rate.
 
+A model of radio, not of the simulation: the simulated HAN
+(rig/sim/han.py) decides every hop with it, and the coverage study
+(rig/coverage.py) predicts premises coverage with it.
+
 Path loss is the ITU-R P.1238 indoor site-general model with the walls of
 the COST 231 multi-wall model added (Motley-Keenan)::
 
@@ -49,7 +53,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ..config import BandModel, Premises
+from .config import BandModel, Premises
 
 #: octets of the 802.15.4 sensitivity definition (6.5.3.3)
 SENSITIVITY_PSDU_OCTETS = 20
