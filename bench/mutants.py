@@ -62,6 +62,7 @@ TARGETS: dict[str, set[str] | None] = {
     "rig/sim/esme.py": {"freshness", "apply", "alert", "_drive_contactor", "_actual", "_supply_lost",
                         "_supply_restored", "_stale", "_ppmid_command", "_local_enable", "_hold",
                         "_check_credit", "_lift_credit_disablement", "_load_limit_due", "_load_limit_restore"},
+    "rig/sim/twin.py": {"raise_alert", "_send_alert"},
     "rig/sim/wan.py": {"hub_lost_power", "hub_power_restored", "_outage_due", "routes"},
 }
 

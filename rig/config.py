@@ -653,6 +653,12 @@ class OutageSuite(Strict):
         2.0, ge=0, description="OUT-1: lab seconds a meter's logged loss/restoration time may differ from the rig's")
     delivery_min: float = Field(
         1.0, ge=0, le=1, description="OUT-7: least share of the expected alerts that must reach the DCC")
+    fade_seconds: float = Field(
+        30.0, gt=0, le=600, description="OUT-7: lab seconds the HAN tap jams the meter's link to the hub as "
+        "mains returns (its restoration alert and every frame after it)")
+    fade_recovery: float = Field(
+        60.0, gt=0, description="OUT-7: lab seconds after the fade within which the restoration alert must "
+        "still reach the DCC (time for the meter to send it again)")
 
 
 class SafetySuite(Strict):

@@ -334,6 +334,13 @@ class HanTapHandle:
         return self._request("delay", src=src, dst=dst, cluster=cluster, command=command, seconds=seconds,
                              within=within)
 
+    def jam(self, src: str, dst: str, seconds: float, cluster: int | None = None, command: int | None = None,
+            within: float | None = None) -> dict[str, Any]:
+        """Jam the link from ``src`` to ``dst``: the next such frame (if one comes within ``within``
+        lab s, default 60), and every later one between the two for ``seconds``, is lost on the air."""
+        return self._request("jam", src=src, dst=dst, cluster=cluster, command=command, seconds=seconds,
+                             within=within)
+
     def forge(self, src: str, dst: str, cluster: int | None = None, command: int | None = None) -> dict[str, Any]:
         return self._request("forge", src=src, dst=dst, cluster=cluster, command=command)
 

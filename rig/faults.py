@@ -106,6 +106,10 @@ CATALOGUE: dict[str, dict[str, Fault]] = {
         "duplicate_alerts": Fault(
             "sends every alert twice (two sequence numbers)",
             breaks=("OUT-3", "OUT-7")),
+        "alerts_sent_once": Fault(
+            "sends each alert over the HAN once: an alert the hub does not acknowledge (a jammed or fading "
+            "HAN) is never sent again",
+            breaks=("OUT-3", "OUT-7")),
         "alert_storm": Fault(
             "sends a 'Supply interrupted' alert to the network operator on every interruption, flickers included",
             breaks=("OUT-4",)),

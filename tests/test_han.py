@@ -222,6 +222,34 @@ def test_replayed_frames_are_dropped_by_the_frame_counter(medium):
     assert got[1].replayed and got[1].counter == got[0].counter
 
 
+@pytest.mark.parametrize("lost", [False, True], ids=["delay", "jam"])
+def test_a_hold_releases_its_frames_late_and_a_jam_loses_them(medium, lost):
+    """The tap's ``delay`` holds the next frame (and those behind it) and sends
+    them on later; its ``jam`` loses them: the sender's MAC sees no ACK either
+    way, and after the jam the link carries frames again."""
+    m, radios, _att, clock = medium
+    got, acks = [], []
+    radios["esme"].on_frame = got.append
+    _wait(clock, lambda: radios["ppmid"].link("comms_hub", "2.4GHz").up)
+    hold = m.hold_next("ppmid", "esme", zcl.Metering.cluster_id, None, 30.0, lost=lost)
+    for tsn in (3, 4):
+        radios["ppmid"].send("esme", zcl.Metering.cluster_id, zcl.read_attributes(zcl.Metering, ["status"], tsn=tsn),
+                             done=acks.append)
+    _wait(clock, lambda: len(acks) == 2)
+    assert acks == [False, False] and not got
+    _wait(clock, lambda: hold.released is not None)
+    held = [e["injected"] for e in m.journal if e["src"] == "ppmid" and e["injected"] in ("held", "jammed")]
+    assert held == ["jammed" if lost else "held"] * 2
+    radios["ppmid"].send("esme", zcl.Metering.cluster_id, zcl.read_attributes(zcl.Metering, ["status"], tsn=5),
+                         done=acks.append)
+    _wait(clock, lambda: len(acks) == 3)
+    assert acks[2] is True
+    _wait(clock, lambda: len(got) == (1 if lost else 3))
+    tsns = [f.zcl[1] for f in got]
+    assert sorted(tsns) == ([5] if lost else [3, 4, 5])
+    assert lost or tsns.index(3) < tsns.index(4)          # the held frames go on in their order
+
+
 def test_request_must_not_block_the_loop(medium):
     m, radios, _att, clock = medium
     failure = []

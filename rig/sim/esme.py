@@ -96,6 +96,7 @@ class Quirks(FaultFlags):
     late_restore_alert: bool = False
     wrong_restore_code: bool = False
     duplicate_alerts: bool = False
+    alerts_sent_once: bool = False
     alert_storm: bool = False
     reports_closed_when_open: bool = False
     welded_contactor: bool = False
@@ -263,9 +264,10 @@ class Esme(Twin):
         return entry
 
     def alert(self, code: AlertCode, last_gasp: bool = False, **data: Any) -> None:
-        """Raise an alert over the HAN to the hub (twice, with the duplicate_alerts fault)."""
+        """Raise an alert over the HAN to the hub (twice, with the duplicate_alerts fault;
+        never retried, with alerts_sent_once)."""
         for _ in range(2 if self.quirks.duplicate_alerts else 1):
-            self.raise_alert(int(code), last_gasp=last_gasp, **data)
+            self.raise_alert(int(code), last_gasp=last_gasp, retry=not self.quirks.alerts_sent_once, **data)
 
     # ------------------------------------------------------------------ contactor
     def _drive_contactor(self) -> None:

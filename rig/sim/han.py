@@ -117,7 +117,8 @@ class Hold:
     its first hop, and so is every later frame between the two, as a jammer
     with a recorder (or a slow network) would; ``seconds`` later they go on
     unchanged, that frame first, the rest in their order, so the receiver's
-    frame counters do not give the delay away."""
+    frame counters do not give the delay away.  A ``lost`` hold is a jammer
+    without the recorder (or a deep fade): what it caught never arrives."""
 
     src: str
     dst: str
@@ -130,6 +131,8 @@ class Hold:
     caught: HanFrame | None = None
     released: float | None = None
     behind: list[HanFrame] = field(default_factory=list)
+    #: a jam: the frames caught are lost, not sent on
+    lost: bool = False
 
 
 def frame_matches(f: HanFrame, cluster: int | None, command: int | None) -> bool:
@@ -373,11 +376,12 @@ class HanMedium:
         return self.inject(frame, "replayed") if frame is not None else None
 
     def hold_next(self, src: str, dst: str, cluster: int | None, command: int | None, seconds: float,
-                  within: float = 60.0) -> Hold:
+                  within: float = 60.0, lost: bool = False) -> Hold:
         """Arm a :class:`Hold`: the next such frame (if one comes within ``within``
-        lab seconds) reaches its destination ``seconds`` late."""
+        lab seconds) reaches its destination ``seconds`` late; with ``lost``, it
+        and every frame between the two for ``seconds`` never arrive (a jam)."""
         now = self.clock.now()
-        hold = Hold(src, dst, cluster, command, seconds, now, lapses=now + within)
+        hold = Hold(src, dst, cluster, command, seconds, now, lapses=now + within, lost=lost)
         self.holds.append(hold)
         return hold
 
@@ -399,7 +403,8 @@ class HanMedium:
         self.journal.append({"ts": self.clock.now(), "src": frame.src, "dst": frame.dst, "hop": receiver,
                              "cluster": frame.cluster_id, "zcl": frame.zcl, "counter": frame.counter,
                              "created": frame.created, "band": None,
-                             "delivered": False, "injected": "held", "authentic": frame.authentic})
+                             "delivered": False, "injected": "jammed" if hold.lost else "held",
+                             "authentic": frame.authentic})
         sender.record_frame(receiver, band, False)     # jammed: the sender's MAC saw no ACK
         if done is not None:
             self.loop.call_soon(done, False)
@@ -408,6 +413,8 @@ class HanMedium:
     def _release(self, hold: Hold) -> None:
         hold.released = self.clock.now()
         self.holds.remove(hold)
+        if hold.lost:
+            return
         for frame in [hold.caught, *hold.behind]:
             if frame is not None:
                 self.inject(frame, "delayed")

@@ -42,6 +42,9 @@ class SimulatedHan:
     * ``delay`` (``{..., "seconds": 8}``): the next such frame is held off the
       air at its first hop and released unchanged that many lab seconds later
       (a jammer with a recorder, or a slow network);
+    * ``jam`` (``{..., "seconds": 30}``): the next such frame, and every
+      later one between the two for that many lab seconds, is lost on the
+      air (a jammer, or a deep fade): the sender's MAC sees no ACK;
     * ``forge`` (``{...}``): send a copy of the last recorded frame re-stamped
       with the time now and a fresh frame counter, but without the link key:
       its security check fails;
@@ -65,6 +68,7 @@ class SimulatedHan:
         s(self.node, "journal", self._journal, JournalArgs)
         s(self.node, "replay", self._replay, FrameArgs)
         s(self.node, "delay", self._delay, DelayArgs)
+        s(self.node, "jam", self._jam, DelayArgs)
         s(self.node, "forge", self._forge, FrameArgs)
         s(self.node, "links", lambda _a, _c: {"links": self.medium.links()})
         s(self.node, "link_test", self._link_test, TapLinkTestArgs)
@@ -112,12 +116,16 @@ class SimulatedHan:
         return {"replayed": True, "counter": frame.counter, "cluster": f"0x{frame.cluster_id:04X}",
                 "created": frame.created, "at": self.clock.now()} if frame else {"replayed": False}
 
-    def _delay(self, args: "DelayArgs", _ctx: CommandContext) -> dict:
+    def _delay(self, args: "DelayArgs", _ctx: CommandContext, lost: bool = False) -> dict:
         if args.src not in self.medium.radios or args.dst not in self.medium.radios:
             raise Refused(f"no device '{args.src}' or '{args.dst}' on the HAN; devices: "
                           f"{', '.join(sorted(self.medium.radios))}", code="invalid")
-        hold = self.medium.hold_next(args.src, args.dst, args.cluster, args.command, args.seconds, args.within)
+        hold = self.medium.hold_next(args.src, args.dst, args.cluster, args.command, args.seconds, args.within,
+                                     lost=lost)
         return {"armed": True, "at": hold.armed, "seconds": hold.seconds}
+
+    def _jam(self, args: "DelayArgs", ctx: CommandContext) -> dict:
+        return self._delay(args, ctx, lost=True)
 
     def _forge(self, args: "FrameArgs", _ctx: CommandContext) -> dict:
         frame = self._recorded(args).copy()

@@ -168,11 +168,12 @@ class Twin:
             self.on_frame(frame, parsed)
 
     # -- alerts to the head end -------------------------------------------------
-    def raise_alert(self, code: int, last_gasp: bool = False, **data: Any) -> dict[str, Any]:
+    def raise_alert(self, code: int, last_gasp: bool = False, retry: bool = True, **data: Any) -> dict[str, Any]:
         """Raise a GBCS alert: published on ``event/alert`` at once and sent
         over the HAN to the hub (and on to the head end), retried until it is
-        acknowledged or an hour old.  A ``last_gasp`` is sent once, at once,
-        on the energy a device has left after losing power."""
+        acknowledged or an hour old (``retry`` False: sent once, as a faulty
+        meter does).  A ``last_gasp`` is sent once, at once, on the energy a
+        device has left after losing power."""
         self._outbox_seq += 1
         raised = self.clock.now()
         record = {"code": f"0x{code:04X}", "name": ALERT_NAMES.get(code, ""), "device": self.name,
@@ -181,16 +182,16 @@ class Twin:
         payload = zcl.DeviceAlert(kind=zcl.TunnelKind.alert, alert_code=code, raised=zcl.to_utc(raised),
                                   source=zcl.eui64(self.cfg.id),
                                   data=zcl.encode_details({"seq": self._outbox_seq, "raised": raised, **data}))
-        self._send_alert(payload.serialize(), raised, last_gasp)
+        self._send_alert(payload.serialize(), raised, last_gasp, retry)
         return record
 
-    def _send_alert(self, data: bytes, raised: float, last_gasp: bool = False) -> None:
+    def _send_alert(self, data: bytes, raised: float, last_gasp: bool = False, retry: bool = True) -> None:
         parent = self.radio.parent()
         if parent is None:
             return
 
         def done(acked: bool) -> None:
-            if acked or self._stopped or last_gasp:
+            if acked or self._stopped or last_gasp or not retry:
                 return
             if self.clock.now() - raised < ALERT_MAX_AGE:
                 self.loop.call_later(ALERT_RETRY, self._send_alert, data, raised)

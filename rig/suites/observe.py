@@ -49,6 +49,8 @@ LIVE_A = 0.5
 HOLD_MARGIN = 0.5
 #: the ZCL Prepayment cluster and its change_supply command (a PPMID's enable on the air)
 PREPAYMENT, CHANGE_SUPPLY = 0x0705, 0x01
+#: the ZCL Tunneling cluster: GBCS alerts travel in it from the meter to the hub
+TUNNELING = 0x0704
 
 
 def analyser_name(bench) -> str:

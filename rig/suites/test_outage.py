@@ -33,6 +33,10 @@ must use another declares it (lab.yaml ``suites.deviations``).  lab.yaml
                     rig's own switching time; also how early an outage alert
                     may come (the rig's own timing jitter)
 ``delivery_min``    least share of the expected alerts that must reach the DCC
+``fade_seconds``    how long the HAN tap jams the meter's link to the hub as
+                    mains returns
+``fade_recovery``   how soon after the fade the restoration alert must still
+                    reach the DCC
 =================  ===========================================================
 
 Each check names the device fault profiles that break what it checks
@@ -41,6 +45,7 @@ Each check names the device fault profiles that break what it checks
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +53,8 @@ import pytest
 
 from rig.alerts import OUTAGE_ALERT, AlertCode
 
-from .observe import (LIVE_A, LOAD_A, alerts_between, analyser_name, first_alert, last_mains_return, meter,
-                      peak_current, wait_until)
+from .observe import (LIVE_A, LOAD_A, TUNNELING, alerts_between, analyser_name, first_alert, last_mains_return,
+                      meter, peak_current, wait_until)
 
 RESTORED_SHORT = AlertCode.SUPPLY_OUTAGE_RESTORED.hex
 RESTORED_LONG = AlertCode.SUPPLY_OUTAGE_RESTORED_LONG.hex
@@ -89,10 +94,10 @@ def _switched_at(mains, fallback: float) -> float:
     return float(changed) if changed is not None else fallback
 
 
-def interrupt(bench, mains, seconds: float) -> Interruption:
+def interrupt(bench, mains, seconds: float, during: Callable[[], object] | None = None) -> Interruption:
     """Mains off for ``seconds``: the mains relay opens, then closes again
     (the AC source stays on).  A bench without a mains relay switches its AC
-    source output instead."""
+    source output instead.  ``during`` is called once mains is off."""
     clock, relay = bench.clock, mains.relay
     if relay is not None:
         relay.wait_switchable()
@@ -100,6 +105,8 @@ def interrupt(bench, mains, seconds: float) -> Interruption:
     mains.off()
     off_seen = clock.now()
     off = _switched_at(mains, off_seen)
+    if during is not None:
+        during()
     bench.dwell(max(0.0, seconds - (clock.now() - off)))
     if relay is not None:
         relay.wait_switchable()
@@ -299,6 +306,56 @@ def test_long_outage_alerts_the_dcc_then_restoration(bench, mains, esme, dcc, se
         check_logged(bench, cut, measure, s.log_tolerance, interruption_s=round(cut.length, 2))
     check_counts(bench, dcc, esme.name, cut, cut.on + s.alert_tolerance, 1, measure,
                  interruption_s=round(cut.length, 2))
+
+
+# ----------------------------------------------------------------------------- OUT-3, OUT-7 through a fading HAN
+@pytest.mark.requirement("OUT-3", "OUT-7")
+@pytest.mark.detects("alerts_sent_once", "no_restore_alert", "drops_outage_alerts", "duplicate_alerts")
+def test_restoration_alert_gets_through_a_fading_han(bench, mains, esme, dcc, han_tap, settings, reference, measure,
+                                                     step):
+    """The meter's link to the hub fades just as mains returns: the HAN tap
+    jams the meter's restoration alert, and every frame from the meter to the
+    hub after it, for ``fade_seconds`` (the meter's MAC sees no
+    acknowledgement).  The meter must send the alert again until the hub
+    takes it: exactly one restoration alert reaches the network operator,
+    within ``fade_recovery`` of the fade ending, and no outage alert."""
+    s = settings.outage
+    settle(bench, esme, dcc, s.alert_tolerance)
+    hub = bench.cfg.device_of_kind("comms_hub")
+    if hub is None:
+        pytest.skip(f"bench {bench.name} has no comms hub on its HAN to fade the meter's link to")
+    length = reference.outage_alert_period / 6
+    watch = length + s.alert_tolerance + s.fade_seconds
+
+    def fade() -> None:
+        han_tap.jam(esme.name, hub, s.fade_seconds, cluster=TUNNELING, within=watch)
+
+    with step(f"mains off for {length:g} s; the meter's link to the hub fades for {s.fade_seconds:g} s as it "
+              "returns", seconds=length, fade_s=s.fade_seconds):
+        cut = interrupt(bench, mains, length, during=fade)
+    with step("the restoration alert at the network operator after the fade"):
+        # by the end of this wait the meter has sent the alert, been jammed and sent it again
+        alert = first_alert(bench, dcc, cut.on_window[0], cut.on + watch + s.fade_recovery,
+                            is_restoration(esme.name), inbox=DNO)
+        caught = first_jammed(han_tap, esme.name, hub, cut)
+        measure("outage.fade_caught_alert", caught is not None, equals=True, requirement="OUT-7",
+                fade_s=s.fade_seconds, observed_by="han tap")
+        fade_end = (float(caught["ts"]) if caught else cut.on) + s.fade_seconds
+        measure("outage.restore_code", alert.get("code") if alert else None, equals=RESTORED_SHORT,
+                requirement="OUT-3", observed_by="dcc", fade_s=s.fade_seconds, interruption_s=round(cut.length, 2))
+        if alert is not None:
+            measure("outage.restore_alert_after_fade", round(float(alert["received"]) - fade_end, 3), "s",
+                    low=0.0, high=s.fade_recovery, requirement="OUT-7", fade_s=s.fade_seconds,
+                    observed_by=["dcc", "han tap"])
+    check_counts(bench, dcc, esme.name, cut, max(fade_end + s.fade_recovery, bench.clock.now()), 0, measure,
+                 fade_s=s.fade_seconds, interruption_s=round(cut.length, 2))
+
+
+def first_jammed(han_tap, meter: str, hub: str, cut: Interruption) -> dict[str, Any] | None:
+    """The first frame from the meter to the hub that the tap's jam caught
+    after mains returned, from the tap's journal."""
+    frames = han_tap.journal(since=cut.on_window[0], src=meter, dst=hub, cluster=TUNNELING)
+    return next((f for f in frames if f.get("injected") == "jammed"), None)
 
 
 # ----------------------------------------------------------------------------- OUT-4 characterisation
