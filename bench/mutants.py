@@ -15,8 +15,11 @@ metrology suites with few repeats, stopping at the first failing check.  A mutan
 *killed* when a check fails, *survives* when every check passes.
 
 Survivors that cannot change behaviour (equivalent mutants) are listed in
-``bench/mutants_equivalent.yaml`` with the reason; every other survivor is
-a gap in the suites.  Prints a table and the kill score::
+``bench/mutants_equivalent.yaml`` with the reason, and so are survivors that
+change only what is neither a safety nor an outage behaviour (their reason
+starts ``outside:``, e.g. a low-credit alert); neither is scored, and the
+summary counts them apart.  Every other survivor is a gap in the suites.
+Prints a table and the kill score::
 
     python bench/mutants.py                    # every mutant, 2 at a time
     python bench/mutants.py --list             # the mutants, without running them
@@ -60,7 +63,8 @@ TARGETS: dict[str, set[str] | None] = {
                       "_load_limit_trip", "_load_limit_restore", "_mains_return", "_han_command", "_no_change",
                       "TABLE"},
     "rig/sim/esme.py": {"freshness", "apply", "alert", "_drive_contactor", "_actual", "_supply_lost",
-                        "_supply_restored", "_stale", "_ppmid_command", "_local_enable", "_hold",
+                        "_supply_restored", "_stale", "_ppmid_command", "_local_enable", "button_input", "_hold_action",
+                        "_press_action",
                         "_check_credit", "_lift_credit_disablement", "_load_limit_due", "_load_limit_restore"},
     "rig/sim/twin.py": {"raise_alert", "_send_alert"},
     "rig/sim/wan.py": {"hub_lost_power", "hub_power_restored", "_outage_due", "routes"},
@@ -297,8 +301,20 @@ def lab_file(tmp: Path) -> Path:
     return path
 
 
-def run_suites(overlay: Path | None, tmp: Path, timeout: float) -> tuple[str, str, float]:
-    """(verdict killed|survived|error, the first failing check or the error, wall seconds)."""
+def _passed(stdout: str) -> int:
+    """How many checks passed, from pytest's summary line ("38 passed, 2 skipped in 95.1s")."""
+    for line in reversed(stdout.splitlines()):
+        if " passed" in line and " in " in line:
+            words = line.replace(",", " ").split()
+            return next((int(words[i - 1]) for i, w in enumerate(words) if w == "passed" and i > 0
+                         and words[i - 1].isdigit()), 0)
+    return 0
+
+
+def run_suites(overlay: Path | None, tmp: Path, timeout: float, baseline: int = 0) -> tuple[str, str, float, int]:
+    """(verdict killed|survived|error, the first failing check or the error, wall seconds, checks passed).
+    A run that passes fewer checks than the unmutated code's ``baseline`` (some were skipped: a tap or
+    a device that did not answer in time) is an error, not a survivor: it did not run every check."""
     tmp.mkdir(parents=True, exist_ok=True)
     ini = tmp / "pytest.ini"
     ini.write_text("[pytest]\n")
@@ -310,29 +326,35 @@ def run_suites(overlay: Path | None, tmp: Path, timeout: float) -> tuple[str, st
     started = time.monotonic()
     try:
         proc = subprocess.run([sys.executable, "-m", "pytest", *files, "-c", str(ini), "--rootdir", str(suites),
-                               "-p", "no:cacheprovider", "-x", "-q", "--lab", str(lab_file(tmp)), "-rf"],
+                               "-p", "no:cacheprovider", "-x", "-q", "--lab", str(lab_file(tmp)), "-rfs"],
                               cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return "killed", f"timed out after {timeout:g} s (the mutant hangs the bench)", time.monotonic() - started
+        return "killed", f"timed out after {timeout:g} s (the mutant hangs the bench)", time.monotonic() - started, 0
     wall = time.monotonic() - started
     failed = [line.split(" ", 2)[1].split("::")[-1] for line in proc.stdout.splitlines() if line.startswith("FAILED ")]
+    passed = _passed(proc.stdout)
     if proc.returncode == 0:
-        return "survived", "", wall
+        if passed < baseline:
+            skipped = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
+            return "error", (f"only {passed} of the {baseline} checks the unmutated code passes ran: "
+                             + " | ".join(skipped)[:400]), wall, passed
+        return "survived", "", wall, passed
     if proc.returncode == 1 and failed:
-        return "killed", failed[0], wall
+        return "killed", failed[0], wall, passed
     if proc.returncode in (1, 2, 3) and ("ERROR " in proc.stdout or "error" in proc.stdout.lower()):
         # the mutated code broke the bench itself (a twin that cannot start, a lab that does not come up):
         # the run fails, so the mutant is caught; the detail says how
         tail = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()][-1:]
-        return "killed", "the bench could not run: " + (tail[0][:120] if tail else f"pytest exit {proc.returncode}"), wall
-    return "error", (proc.stdout + proc.stderr)[-600:].strip().replace("\n", " | "), wall
+        return ("killed", "the bench could not run: " + (tail[0][:120] if tail else f"pytest exit {proc.returncode}"),
+                wall, passed)
+    return "error", (proc.stdout + proc.stderr)[-600:].strip().replace("\n", " | "), wall, passed
 
 
-def run_mutant(m: Mutant, work: Path, timeout: float) -> dict:
+def run_mutant(m: Mutant, work: Path, timeout: float, baseline: int) -> dict:
     overlay = work / f"m{m.id}" / "overlay"
     shutil.copytree(work / "base", overlay)
     (overlay / m.file).write_text(m.source)
-    verdict, detail, wall = run_suites(overlay, work / f"m{m.id}" / "run", timeout)
+    verdict, detail, wall, _passed_checks = run_suites(overlay, work / f"m{m.id}" / "run", timeout, baseline)
     shutil.rmtree(work / f"m{m.id}", ignore_errors=True)
     return {**{k: v for k, v in asdict(m).items() if k != "source"}, "verdict": verdict, "detail": detail,
             "wall_s": round(wall, 1)}
@@ -372,10 +394,10 @@ def main() -> int:
     if base[0] != "survived":
         print(f"the unmutated code does not pass the suites ({base[0]}: {base[1]}): nothing to measure")
         return 2
-    print(f"unmutated code: every check passes ({base[2]:.0f} s)", flush=True)
+    print(f"unmutated code: every check passes ({base[3]} checks, {base[2]:.0f} s)", flush=True)
     results = []
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {pool.submit(run_mutant, m, work, args.timeout): m for m in chosen}
+        futures = {pool.submit(run_mutant, m, work, args.timeout, base[3]): m for m in chosen}
         for i, fut in enumerate(as_completed(futures), 1):
             r = fut.result()
             key = f"{r['file']}:{r['function']}:{r['before']}->{r['after']}"
@@ -389,12 +411,14 @@ def main() -> int:
     results.sort(key=lambda r: r["id"])
     killed = sum(r["verdict"] == "killed" for r in results)
     equiv = [r for r in results if r["verdict"] == "survived" and r["equivalent"]]
+    outside = [r for r in equiv if str(r["equivalent"]).startswith("outside:")]
     gaps = [r for r in results if r["verdict"] == "survived" and not r["equivalent"]]
     errors = [r for r in results if r["verdict"] == "error"]
     scored = len(results) - len(equiv) - len(errors)
     print()
-    print(f"mutants: {len(results)}; killed {killed}; equivalent (listed, with reasons) {len(equiv)}; "
-          f"survived {len(gaps)}; errors {len(errors)}")
+    print(f"mutants: {len(results)}; killed {killed}; equivalent (listed, with reasons) {len(equiv) - len(outside)}; "
+          f"outside safety and outage (listed, with reasons) {len(outside)}; survived {len(gaps)}; "
+          f"errors {len(errors)}")
     print(f"kill score: {killed}/{scored} = {100.0 * killed / max(1, scored):.1f} % of the non-equivalent mutants "
           f"({time.monotonic() - started:.0f} s wall)")
     for r in gaps:

@@ -308,11 +308,20 @@ class HanTapHandle:
         self.bench = bench
         self.node = han_node(bench.name)
         self._presence = bench.watch(self.node.presence)
+        self._looked = False
+
+    #: wall seconds the first look waits for the tap's presence: on a loaded machine a fresh
+    #: subscription's retained presence can take a second or more, and a tap missed here skips checks
+    PRESENCE_WAIT = 5.0
 
     @property
     def available(self) -> bool:
-        """Is a tap on this bench's HAN answering (waits briefly for its presence)?"""
-        got = self._presence.wait_for(lambda p: p.get("online"), 1.0, topic=self.node.presence, min_wall=0.5)
+        """Is a tap on this bench's HAN answering?  The first look waits up to
+        :attr:`PRESENCE_WAIT` wall seconds for its presence (it comes at once
+        when the tap is up); later looks only read what has come since."""
+        wait = 0.2 if self._looked else self.PRESENCE_WAIT
+        got = self._presence.wait_for(lambda p: p.get("online"), 0.0, topic=self.node.presence, min_wall=wait)
+        self._looked = True
         return bool(got)
 
     def _request(self, op: str, **args: Any) -> dict[str, Any]:

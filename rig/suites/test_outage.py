@@ -59,6 +59,8 @@ from .observe import (LIVE_A, LOAD_A, TUNNELING, alerts_between, analyser_name, 
 RESTORED_SHORT = AlertCode.SUPPLY_OUTAGE_RESTORED.hex
 RESTORED_LONG = AlertCode.SUPPLY_OUTAGE_RESTORED_LONG.hex
 RESTORED = (RESTORED_SHORT, RESTORED_LONG)
+#: the code a meter logs a loss of supply with (SUP-8: "Supply Interrupted")
+LOSS_LOGGED = AlertCode.SUPPLY_INTERRUPTED.hex
 #: power-quality alerts (OUT-6): sag, sag over, swell, swell over
 SAG, SAG_END = AlertCode.VOLTAGE_SAG.hex, AlertCode.VOLTAGE_SAG_END.hex
 SWELL, SWELL_END = AlertCode.VOLTAGE_SWELL.hex, AlertCode.VOLTAGE_SWELL_END.hex
@@ -177,10 +179,21 @@ def check_counts(bench, dcc, meter: str, cut: Interruption, end: float, outage_a
             observed_by="dcc", **attrs)
 
 
-def check_logged(bench, cut: Interruption, measure, tolerance: float, **attrs: Any) -> None:
+def _log_code(entry: dict[str, Any]) -> str | None:
+    """A logbook entry's event code, as ``0x8F57`` (the text as read if it is not one)."""
+    raw = entry.get("code")
+    try:
+        return AlertCode.parse(str(raw)).hex
+    except ValueError:
+        return str(raw) if raw not in (None, "") else None
+
+
+def check_logged(bench, cut: Interruption, measure, tolerance: float, restored_code: str, **attrs: Any) -> None:
     """OUT-1: one ``supply_lost`` and one ``supply_restored`` in the meter's
     log (its logbook, read from its optical port), each at the time the rig
-    switched, and the logged interruption as long as the rig made it."""
+    switched, and the logged interruption as long as the rig made it; the
+    loss logged as 0x8F57 (Supply Interrupted), the restoration with the
+    code its length calls for (``restored_code``)."""
     m = meter(bench)
     log = m.event_log(since=cut.off_window[0] - tolerance - 1.0)   # the logbook's times are whole seconds
     attrs = {**attrs, "source": m.source}
@@ -194,6 +207,12 @@ def check_logged(bench, cut: Interruption, measure, tolerance: float, **attrs: A
             **attrs)
     measure("outage.restoration_logged", len(restored), equals=1, requirement="OUT-1",
             observed_by=["meter event log", m.source], **attrs)
+    if lost:
+        measure("outage.loss_log_code", _log_code(lost[0]), equals=LOSS_LOGGED, requirement="OUT-1",
+                observed_by=["meter event log", m.source], **attrs)
+    if restored:
+        measure("outage.restoration_log_code", _log_code(restored[0]), equals=restored_code, requirement="OUT-1",
+                observed_by=["meter event log", m.source], **attrs)
     if lost and restored:
         measure("outage.logged_duration", round(float(restored[0]["ts"]) - float(lost[0]["ts"]), 3), "s",
                 low=cut.length - tolerance, high=cut.length + tolerance, requirement="OUT-1",
@@ -272,7 +291,7 @@ def test_short_interruption_is_logged_and_restored_but_not_alerted(bench, mains,
         check_restoration(bench, dcc, esme.name, cut, RESTORED_SHORT, measure, s.alert_tolerance,
                           interruption_s=round(cut.length, 2))
     with step("the meter's event log"):
-        check_logged(bench, cut, measure, s.log_tolerance, interruption_s=round(cut.length, 2))
+        check_logged(bench, cut, measure, s.log_tolerance, RESTORED_SHORT, interruption_s=round(cut.length, 2))
     with step("no outage alert until the period and its tolerance have passed"):
         check_counts(bench, dcc, esme.name, cut, max(cut.off + period, cut.on) + s.alert_tolerance, 0, measure,
                      interruption_s=round(cut.length, 2), **reference.attrs("outage_alert_period"))
@@ -303,7 +322,7 @@ def test_long_outage_alerts_the_dcc_then_restoration(bench, mains, esme, dcc, se
         check_restoration(bench, dcc, esme.name, cut, RESTORED_LONG, measure, s.alert_tolerance,
                           interruption_s=round(cut.length, 2))
     with step("the meter's event log"):
-        check_logged(bench, cut, measure, s.log_tolerance, interruption_s=round(cut.length, 2))
+        check_logged(bench, cut, measure, s.log_tolerance, RESTORED_LONG, interruption_s=round(cut.length, 2))
     check_counts(bench, dcc, esme.name, cut, cut.on + s.alert_tolerance, 1, measure,
                  interruption_s=round(cut.length, 2))
 
@@ -417,7 +436,8 @@ def test_every_flicker_is_logged_and_reported_once(bench, ac_source, analyser, e
         restored = check_restoration(bench, dcc, esme.name, cut, RESTORED_SHORT, measure, s.alert_tolerance,
                                      flicker=i)
         delivered += restored is not None
-        check_logged(bench, cut, measure, s.log_tolerance, flicker=i, interruption_s=s.flicker_seconds)
+        check_logged(bench, cut, measure, s.log_tolerance, RESTORED_SHORT, flicker=i,
+                     interruption_s=s.flicker_seconds)
         check_counts(bench, dcc, esme.name, cut, cut.on + s.alert_tolerance, 0, measure, flicker=i)
     measure("outage.delivery_ratio", delivered / s.flickers, low=s.delivery_min, requirement="OUT-7",
             expected=s.flickers, delivered=delivered, observed_by="dcc")
