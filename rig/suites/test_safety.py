@@ -486,7 +486,8 @@ def test_enable_at_the_edge_of_the_link_is_prompt_or_not_at_all(bench, esme, ppm
     """Degraded RF: with the PPMID's path attenuated past, at, and just
     inside the edge of its link (frames lost and retried), each enable either
     closes the supply within the bound of the end of the hold or never; not
-    later, when the link comes back and the consumer may have gone."""
+    later, when the link comes back after the consumer has walked away (30
+    lab s: long enough for a PPMID's unanswered enable to time out)."""
     limit = bound(reference)
     edge = _link_edge(bench, ppmid, attenuator, step)
     top = attenuator.cfg.limits.attenuation_max or 95.0
@@ -508,7 +509,9 @@ def test_enable_at_the_edge_of_the_link_is_prompt_or_not_at_all(bench, esme, ppm
                     requirement="SUP-2", path="PPMID near link edge", db=db, trial=trial,
                     observed_by=[analyser_name(bench), "rig"], **reference.attrs("enable_latency_bound"))
         else:
-            # not promptly: then never, not even once the link is good again
+            # not promptly: then never, not even once the link is good again, after the consumer has gone
+            with step("consumer walks away", lab_seconds=UNATTENDED, trial=trial):
+                bench.dwell(UNATTENDED)
             with step("link restored; watching for a late enable", trial=trial):
                 attenuator.set(floor)
                 wait_link(bench, ppmid.name, True, 120)
