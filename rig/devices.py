@@ -340,15 +340,17 @@ class HanTapHandle:
               within: float | None = None) -> dict[str, Any]:
         """Hold the next such frame (if one comes within ``within`` lab s, default 60), and every
         later one between the two, off the air for ``seconds``, then send them on in order."""
-        return self._request("delay", src=src, dst=dst, cluster=cluster, command=command, seconds=seconds,
-                             within=within)
+        return self._hold("delay", src, dst, seconds, cluster, command, within)
 
     def jam(self, src: str, dst: str, seconds: float, cluster: int | None = None, command: int | None = None,
             within: float | None = None) -> dict[str, Any]:
         """Jam the link from ``src`` to ``dst``: the next such frame (if one comes within ``within``
         lab s, default 60), and every later one between the two for ``seconds``, is lost on the air."""
-        return self._request("jam", src=src, dst=dst, cluster=cluster, command=command, seconds=seconds,
-                             within=within)
+        return self._hold("jam", src, dst, seconds, cluster, command, within)
+
+    def _hold(self, op: str, src: str, dst: str, seconds: float, cluster: int | None, command: int | None,
+              within: float | None) -> dict[str, Any]:
+        return self._request(op, src=src, dst=dst, cluster=cluster, command=command, seconds=seconds, within=within)
 
     def forge(self, src: str, dst: str, cluster: int | None = None, command: int | None = None) -> dict[str, Any]:
         return self._request("forge", src=src, dst=dst, cluster=cluster, command=command)
